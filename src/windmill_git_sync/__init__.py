@@ -1,0 +1,1 @@
+"""Back up Windmill workspaces to Git."""

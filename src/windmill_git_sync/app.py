@@ -1,0 +1,188 @@
+"""The HTTP layer: a thin Flask app over :class:`SyncService`.
+
+``create_app`` builds everything; nothing happens at import time. Errors are
+mapped to answers in one place (the error handlers below). Requests are
+checked in this order, before any body is parsed: authentication, then the
+body's framing and size, then its JSON, then its fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib.resources
+import json
+import logging
+import uuid
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .config import Settings
+from .errors import RequestError, WindmillGitSyncError
+from .sync import SyncService
+from .sync_request import parse_sync_request
+
+log = logging.getLogger(__name__)
+
+# Paths anyone may call even when inbound authentication is on.
+PUBLIC_PATHS = frozenset({"/health"})
+
+
+class Unauthorized(RequestError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class LengthRequired(RequestError):
+    code = "length_required"
+    http_status = 411
+
+
+class BodyTooLarge(RequestError):
+    code = "body_too_large"
+    http_status = 413
+
+
+class UnsupportedMediaType(RequestError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    service = service or SyncService(settings)
+    service.prepare_data_dir()
+    app.extensions["windmill_git_sync"] = service
+    openapi = _load_openapi()
+    if settings.sync_auth_token is None:
+        log.warning(
+            "inbound authentication is off: anyone who can reach this service can "
+            "trigger syncs (set SYNC_AUTH_TOKEN_FILE to require a bearer token)"
+        )
+
+    @app.before_request
+    def check_request() -> None:
+        if request.path not in PUBLIC_PATHS and settings.sync_auth_token is not None:
+            _check_bearer(settings.sync_auth_token.reveal())
+        if request.method in ("POST", "PUT", "PATCH"):
+            _check_body_framing(settings.max_body_bytes)
+
+    @app.get("/health")
+    def health() -> Any:
+        return jsonify(status="healthy")
+
+    @app.get("/openapi.json")
+    def openapi_document() -> Any:
+        return Response(openapi, mimetype="application/json")
+
+    @app.post("/sync")
+    def sync() -> Any:
+        req = parse_sync_request(_json_body(), settings.git_allowed_hosts)
+        result = service.sync(req.to_job())
+        log.info(
+            "sync finished",
+            extra={
+                "event": "sync",
+                "outcome": "success" if result.changed else "noop",
+                **{k: v for k, v in result.to_dict().items() if k != "files"},
+            },
+        )
+        return jsonify(
+            success=True,
+            message=f"Successfully synced workspace '{result.workspace}' to Git",
+            **result.to_dict(),
+        )
+
+    @app.errorhandler(WindmillGitSyncError)
+    def known_error(exc: WindmillGitSyncError) -> Any:
+        if exc.http_status >= 500:
+            log.error(
+                "sync failed: %s",
+                exc.message,
+                extra={
+                    "event": "sync",
+                    "outcome": "error",
+                    "error": exc.code,
+                    "detail": exc.detail,
+                },
+            )
+        return _error(
+            exc.http_status,
+            exc.code,
+            exc.message,
+            {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None,
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        code = exc.code or 500
+        if code == 413:
+            return _error(
+                413,
+                BodyTooLarge.code,
+                f"Request body is larger than {settings.max_body_bytes} bytes",
+            )
+        return _error(
+            code,
+            (exc.name or "error").lower().replace(" ", "_"),
+            exc.description or exc.name or "error",
+        )
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Any:
+        # The one catch-all: log the traceback under an id, return only the id.
+        incident = uuid.uuid4().hex[:12]
+        log.exception("unexpected error (incident %s)", incident)
+        return _error(
+            500, "internal_error", f"Internal error (incident {incident}); see the service log"
+        )
+
+    return app
+
+
+def _check_bearer(expected: str) -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    # Compare digests so the comparison's length and timing say nothing.
+    ok = scheme.lower() == "bearer" and hmac.compare_digest(
+        hashlib.sha256(presented.strip().encode()).digest(),
+        hashlib.sha256(expected.encode()).digest(),
+    )
+    if not ok:
+        raise Unauthorized("Missing or wrong bearer token (Authorization: Bearer <token>)")
+
+
+def _check_body_framing(limit: int) -> None:
+    # A WSGI server may silently truncate a chunked body at the limit and let
+    # the request through (shared security notes T4): demand a length.
+    if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        raise LengthRequired("Chunked request bodies are not accepted; send Content-Length")
+    length = request.content_length
+    if length is None:
+        raise LengthRequired("Request body needs a Content-Length header")
+    if length > limit:
+        raise BodyTooLarge(f"Request body is larger than {limit} bytes")
+
+
+def _json_body() -> Any:
+    if not request.mimetype or request.mimetype != "application/json":
+        raise UnsupportedMediaType("Request body must be JSON (Content-Type: application/json)")
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("Request body is not valid JSON") from None
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
+    response = jsonify(success=False, error=code, message=message)
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def _load_openapi() -> str:
+    return (importlib.resources.files(__package__) / "openapi.json").read_text()

@@ -1,0 +1,95 @@
+"""Typed errors, each carrying a message that is safe to show a user.
+
+Every message is written for the person operating the service: it says what
+failed and, where possible, what to do. No message ever contains a secret;
+text captured from child processes is redacted before it gets here.
+"""
+
+from __future__ import annotations
+
+
+class WindmillGitSyncError(Exception):
+    """Base class. ``code`` is stable and machine-readable; ``str()`` is for people."""
+
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self, message: str, *, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        # Extra diagnostic text (already redacted), logged but not returned.
+        self.detail = detail
+
+
+class ConfigError(WindmillGitSyncError):
+    """The service's own configuration (environment) is invalid."""
+
+    code = "config_error"
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("Invalid configuration: " + "; ".join(problems))
+
+
+class RequestError(WindmillGitSyncError):
+    """The caller sent something we cannot act on (a 4xx, never retried)."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class SyncError(WindmillGitSyncError):
+    """A sync failed for a reason outside the caller's request."""
+
+    code = "sync_failed"
+
+
+class CommandError(SyncError):
+    """A child process exited with a code its caller did not expect."""
+
+    code = "command_failed"
+
+    def __init__(self, step: str, returncode: int, stdout: str, stderr: str) -> None:
+        self.step = step
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        super().__init__(
+            f"{step} failed with exit code {returncode}", detail=_tail(stderr or stdout)
+        )
+
+
+class SyncTimeout(SyncError):
+    code = "timeout"
+
+    def __init__(self, step: str, seconds: float) -> None:
+        self.step = step
+        self.seconds = seconds
+        super().__init__(f"Timed out after {seconds:g} s during {step}")
+
+
+class WindmillError(SyncError):
+    code = "windmill_failed"
+
+
+class WindmillAuthError(WindmillError):
+    code = "windmill_auth_failed"
+
+
+class GitError(SyncError):
+    code = "git_failed"
+
+
+class GitAuthError(GitError):
+    code = "git_auth_failed"
+
+
+class UnsafeExportError(SyncError):
+    """The export contains something we refuse to commit (a symlink, a path escape)."""
+
+    code = "unsafe_export"
+
+
+def _tail(text: str, limit: int = 2000) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else "…" + text[-limit:]

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from windmill_git_sync.config import Settings
+from windmill_git_sync.errors import ConfigError
+
+
+def test_defaults_follow_the_contract() -> None:
+    settings = Settings.from_mapping({})
+    assert settings.windmill_base_url == "http://windmill_server:8000/"
+    assert settings.port == 8080
+    assert settings.git_ssl_cainfo is None
+
+
+def test_values_are_read_from_the_mapping(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = Settings.from_mapping(
+        {
+            "WINDMILL_BASE_URL": "https://windmill.internal:8443",
+            "PORT": "9000",
+            "DATA_DIR": str(tmp_path / "data"),
+            "GIT_SSL_CAINFO": str(ca),
+            "SYNC_TIMEOUT": "120",
+            "COMMAND_TIMEOUT": "600",
+        }
+    )
+    assert settings.windmill_base_url == "https://windmill.internal:8443/"
+    assert settings.windmill_host == "windmill.internal:8443"
+    assert settings.port == 9000
+    assert settings.data_dir == tmp_path / "data"
+    assert settings.git_ssl_cainfo == ca
+    # One command can never outlive the whole sync.
+    assert settings.command_timeout == 120
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_mapping(
+            {
+                "WINDMILL_BASE_URL": "ftp://x",
+                "PORT": "eighty",
+                "GIT_SSL_CAINFO": str(tmp_path / "missing.pem"),
+                "MAX_CONCURRENT_SYNCS": "0",
+                "LOG_LEVEL": "chatty",
+            }
+        )
+    problems = info.value.problems
+    assert len(problems) == 5
+    assert any("WINDMILL_BASE_URL" in p for p in problems)
+    assert any("PORT must be a number" in p for p in problems)
+    assert any("GIT_SSL_CAINFO" in p for p in problems)
+    assert any("MAX_CONCURRENT_SYNCS" in p for p in problems)
+    assert any("LOG_LEVEL" in p for p in problems)
+
+
+def test_credentials_in_the_windmill_url_are_refused() -> None:
+    with pytest.raises(ConfigError, match="must not contain credentials"):
+        Settings.from_mapping({"WINDMILL_BASE_URL": "http://admin:pw@windmill:8000"})
