@@ -14,10 +14,15 @@ export async function main(
   service_url: string = "http://windmill-git-sync:8080",
   git_user_name: string = "Windmill Git Sync",
   git_user_email: string = "windmill@example.com",
+  service_token_path: string = "",  // secret variable with the service's SYNC_AUTH_TOKEN_FILE token, if set
 ) {
+  const headers: Record<string, string> = { "Content-Type": "application/json" };
+  if (service_token_path) {
+    headers["Authorization"] = `Bearer ${await wmill.getVariable(service_token_path)}`;
+  }
   const response = await fetch(`${service_url}/sync`, {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers,
     body: JSON.stringify({
       windmill_token: await wmill.getVariable(windmill_token_path),
       git_remote_url,
