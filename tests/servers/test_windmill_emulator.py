@@ -617,7 +617,10 @@ def test_bad_token_fails_to_authenticate(
     d = new_dir(tmp_path)
     run = pull(emulator, d, ws.id, token="wm_wrong_token")
     assert run.code == 1, run.out
-    assert "Could not authenticate" in run.out
+    # With WM_TOKEN (no --token/--base-url) the CLI takes its "reauth" path, not the
+    # `--token` message of spec §6.
+    assert "Not a TTY, can't login interactively." in run.out
+    assert "Unauthorized: Could not authenticate with the provided credentials" in run.out
     assert [r.endpoint for r in emulator.requests] == ["whoami", "ws_whoami"]
     assert all(r.status == 401 and not r.token_ok for r in emulator.requests)
     assert set(files_under(d)) == {"wmill.yaml"}
@@ -670,9 +673,13 @@ def test_fault_scoped_to_one_workspace(
 
 
 def test_whoami_faults(emulator: WindmillEmulator, ws: Workspace, tmp_path: Path) -> None:
-    emulator.set_fault("whoami", "500")
-    run = pull(emulator, new_dir(tmp_path), ws.id)
-    assert run.code == 1, run.out
+    for fault in ("500", "403"):
+        emulator.set_fault("whoami", fault)
+        run = pull(emulator, new_dir(tmp_path), ws.id)
+        assert run.code == 1, run.out
+        # In env-token mode any whoami error reads like a bad token.
+        assert "Could not authenticate with the provided credentials" in run.out
+        assert emulator.requests[-1].endpoint == "whoami"  # no workspace whoami after a 500
     emulator.set_fault("whoami", "401")
     run = pull(emulator, new_dir(tmp_path), ws.id)
     assert run.code == 0, run.out  # falls back to the workspace whoami, which works

@@ -3052,6 +3052,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(resp.body)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True  # a hung handler never blocks stop()
+    request_queue_size = 128  # parallel CLI runs open many connections at once
+
+
 class WindmillEmulator:
     """The Windmill API on 127.0.0.1 and a free port; see the module docstring."""
 
@@ -3071,8 +3076,7 @@ class WindmillEmulator:
 
     def start(self) -> WindmillEmulator:
         handler = type("Handler", (_Handler,), {"emulator": self})
-        self._server = ThreadingHTTPServer((self.host, 0), handler)
-        self._server.daemon_threads = True
+        self._server = _Server((self.host, 0), handler)
         port = self._server.server_address[1]
         self.base_url = f"http://{self.host}:{port}/"
         self._stopping.clear()
