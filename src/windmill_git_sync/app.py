@@ -13,6 +13,7 @@ import hmac
 import importlib.resources
 import json
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -20,11 +21,15 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .config import Settings
-from .errors import RequestError, WindmillGitSyncError
+from .errors import Busy, RequestError, WindmillGitSyncError
+from .jobs import JobStore
+from .runner import SyncRunner
 from .sync import SyncService
 from .sync_request import parse_sync_request
 
 log = logging.getLogger(__name__)
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 # Paths anyone may call even when inbound authentication is on.
 PUBLIC_PATHS = frozenset({"/health"})
@@ -55,7 +60,12 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     service = service or SyncService(settings)
     service.prepare_data_dir()
-    app.extensions["windmill_git_sync"] = service
+    store = JobStore(settings.data_dir / "jobs.sqlite3", settings.job_history)
+    interrupted = store.mark_interrupted()
+    if interrupted:
+        log.warning("%d sync job(s) were cut short when the service last stopped", interrupted)
+    runner = SyncRunner(service, store, settings)
+    app.extensions["windmill_git_sync"] = runner
     openapi = _load_openapi()
     if settings.sync_auth_token is None:
         log.warning(
@@ -81,40 +91,81 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     @app.post("/sync")
     def sync() -> Any:
         req = parse_sync_request(_json_body(), settings.git_allowed_hosts)
-        result = service.sync(req.to_job())
+        ticket = runner.submit(req.to_job())
+        if not req.wait or "respond-async" in request.headers.get("Prefer", ""):
+            response = jsonify(
+                success=True,
+                message=f"Sync of workspace '{req.workspace}' queued",
+                job_id=ticket.job_id,
+                coalesced=ticket.coalesced,
+                status_url=f"/jobs/{ticket.job_id}",
+            )
+            response.status_code = 202
+            response.headers["Location"] = f"/jobs/{ticket.job_id}"
+            return response
+        result = ticket.run.future.result()
         log.info(
             "sync finished",
             extra={
                 "event": "sync",
                 "outcome": "success" if result.changed else "noop",
+                "job_id": ticket.job_id,
                 **{k: v for k, v in result.to_dict().items() if k != "files"},
             },
         )
         return jsonify(
             success=True,
             message=f"Successfully synced workspace '{result.workspace}' to Git",
+            job_id=ticket.job_id,
+            coalesced=ticket.coalesced,
             **result.to_dict(),
         )
 
+    @app.get("/jobs/<job_id>")
+    def job(job_id: str) -> Any:
+        record = store.get(job_id) if _JOB_ID.fullmatch(job_id) else None
+        if record is None:
+            return _error(
+                404,
+                "not_found",
+                f"No such job (the history keeps the last {settings.job_history} jobs)",
+            )
+        return jsonify(record)
+
+    @app.get("/jobs")
+    def jobs() -> Any:
+        workspace = request.args.get("workspace")
+        try:
+            limit = min(max(int(request.args.get("limit", "50")), 1), 500)
+        except ValueError:
+            raise RequestError("Invalid limit: must be a number") from None
+        return jsonify(jobs=store.list(workspace=workspace, limit=limit))
+
     @app.errorhandler(WindmillGitSyncError)
     def known_error(exc: WindmillGitSyncError) -> Any:
-        if exc.http_status >= 500:
+        job_id = getattr(exc, "job_id", None)
+        if exc.http_status >= 409:
             log.error(
                 "sync failed: %s",
                 exc.message,
                 extra={
                     "event": "sync",
-                    "outcome": "error",
+                    "outcome": "refused" if exc.http_status < 500 else "error",
                     "error": exc.code,
                     "detail": exc.detail,
+                    "job_id": job_id,
+                    "attempts": exc.attempts,
                 },
             )
-        return _error(
-            exc.http_status,
-            exc.code,
-            exc.message,
-            {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None,
-        )
+        headers: dict[str, str] = {}
+        if exc.http_status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, Busy):
+            headers["Retry-After"] = str(exc.retry_after)
+        extra: dict[str, Any] = {"attempts": exc.attempts} if exc.attempts > 1 else {}
+        if job_id:
+            extra["job_id"] = job_id
+        return _error(exc.http_status, exc.code, exc.message, headers, extra)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
@@ -176,8 +227,14 @@ def _json_body() -> Any:
         raise RequestError("Request body is not valid JSON") from None
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Any:
-    response = jsonify(success=False, error=code, message=message)
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Any:
+    response = jsonify(success=False, error=code, message=message, **(extra or {}))
     response.status_code = status
     for key, value in (headers or {}).items():
         response.headers[key] = value

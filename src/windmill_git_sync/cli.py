@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     one.add_argument("--git-user-email", default=None)
     one.add_argument("--git-username", default=None)
     one.add_argument(
+        "--allow-mass-deletion",
+        action="store_true",
+        default=None,
+        help="accept a pull that deletes most of the backup",
+    )
+    one.add_argument(
         "--secrets-from-stdin",
         action="store_true",
         help='read {"windmill_token": ..., "git_token": ...} from standard input',
@@ -75,6 +81,7 @@ def _sync_once(settings: Settings, args: argparse.Namespace) -> int:
         "git_user_name",
         "git_user_email",
         "git_username",
+        "allow_mass_deletion",
     ):
         value = getattr(args, field)
         if value is not None:

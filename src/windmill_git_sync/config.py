@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .retry import RetryPolicy
 from .secrets import Secret
 
 # The repository root when running from a checkout (``make run``); the image
@@ -40,6 +41,20 @@ class Settings:
     # gunicorn threads: requests that may wait on a sync at once.
     http_threads: int = 16
     max_body_bytes: int = 64 * 1024
+    # Syncs waiting for a slot; beyond this, 503 with Retry-After.
+    max_queued_syncs: int = 32
+    # A pull deleting more than this share of the backed-up files is refused.
+    mass_deletion_share: float = 0.5
+    # Transient failures (dropped connections, 5xx): tries and total seconds.
+    retry_attempts: int = 4
+    retry_max_seconds: float = 120.0
+    retry_wait_initial: float = 1.0
+    # Jobs kept in the history (SQLite in DATA_DIR).
+    job_history: int = 1000
+    # Refuse to start a sync with less free space than this in DATA_DIR.
+    min_free_bytes: int = 100 * 1024 * 1024
+    # Largest single file a git or wmill child may write (0: no limit).
+    max_file_bytes: int = 0
     # Bearer token every request but /health must carry (None: endpoint open).
     sync_auth_token: Secret | None = None
     # Hosts git_remote_url may name (empty: any host).
@@ -52,6 +67,15 @@ class Settings:
     @property
     def tmp_dir(self) -> Path:
         return self.data_dir / "tmp"
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            attempts=self.retry_attempts,
+            max_seconds=self.retry_max_seconds,
+            wait_initial=self.retry_wait_initial,
+            wait_max=max(self.retry_wait_initial, 30.0),
+        )
 
     @property
     def windmill_host(self) -> str:
@@ -119,6 +143,14 @@ class Settings:
         number("MAX_CONCURRENT_SYNCS", "max_concurrent_syncs", int, 1)
         number("HTTP_THREADS", "http_threads", int, 1)
         number("MAX_BODY_BYTES", "max_body_bytes", int, 1024, 16 * 1024 * 1024)
+        number("MAX_QUEUED_SYNCS", "max_queued_syncs", int, 0)
+        number("MASS_DELETION_SHARE", "mass_deletion_share", float, 0, 1)
+        number("RETRY_ATTEMPTS", "retry_attempts", int, 1, 100)
+        number("RETRY_MAX_SECONDS", "retry_max_seconds", float, 0)
+        number("RETRY_WAIT_INITIAL", "retry_wait_initial", float, 0)
+        number("JOB_HISTORY", "job_history", int, 1)
+        number("MIN_FREE_BYTES", "min_free_bytes", int, 0, 1e18)
+        number("MAX_FILE_BYTES", "max_file_bytes", int, 0, 1e18)
 
         token_file = env.get("SYNC_AUTH_TOKEN_FILE", "").strip()
         if token_file:

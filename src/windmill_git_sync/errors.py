@@ -14,11 +14,17 @@ class WindmillGitSyncError(Exception):
     code = "internal_error"
     http_status = 500
 
-    def __init__(self, message: str, *, detail: str | None = None) -> None:
+    def __init__(self, message: str, *, detail: str | None = None, transient: bool = False) -> None:
         super().__init__(message)
         self.message = message
         # Extra diagnostic text (already redacted), logged but not returned.
         self.detail = detail
+        # Worth retrying: a dropped connection or a 5xx, not a refusal.
+        self.transient = transient
+        self.attempts = 1
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class ConfigError(WindmillGitSyncError):
@@ -57,6 +63,33 @@ class CommandError(SyncError):
         super().__init__(
             f"{step} failed with exit code {returncode}", detail=_tail(stderr or stdout)
         )
+
+
+class MassDeletionRefused(SyncError):
+    """The pull would delete most of the backup; refused unless the caller insists."""
+
+    code = "mass_deletion_refused"
+    http_status = 409
+
+
+class InsufficientStorage(SyncError):
+    code = "insufficient_storage"
+    http_status = 507
+
+
+class Busy(SyncError):
+    """Too many syncs queued; the caller should come back later."""
+
+    code = "busy"
+    http_status = 503
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ShuttingDown(Busy):
+    code = "shutting_down"
 
 
 class SyncTimeout(SyncError):

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -83,7 +84,6 @@ _UNREACHABLE_PATTERNS = (
     "Empty reply from server",
     "Operation too slow",
     "timed out",
-    "The requested URL returned error: 5",
     "RPC failed",
     "early EOF",
     "unexpected disconnect",
@@ -123,6 +123,8 @@ class GitRepo:
     username: str
     redactor: Redactor
     deadline: Deadline
+    # Records the running child so a crash's orphan can be ended next time.
+    pid_file: Path | None = None
     _cred_fd: int | None = field(default=None, init=False)
 
     @property
@@ -199,6 +201,8 @@ class GitRepo:
             stdin=stdin,
             pass_fds=pass_fds,
             ok_codes=ok_codes,
+            pid_file=self.pid_file,
+            max_file_bytes=self.settings.max_file_bytes,
         )
 
     @contextmanager
@@ -252,6 +256,42 @@ class GitRepo:
             if lock.exists():
                 log.warning("removing stale git lock %s", lock.relative_to(self.git_dir))
                 lock.unlink(missing_ok=True)
+
+    def recover_after_crash(self) -> None:
+        """Repair what a killed run may have left; move a broken repository aside.
+
+        The index is only a cache of the work tree (rebuilt from a commit on
+        every sync), so it is dropped. If the object store is broken, the
+        repository is kept as ``corrupt-<time>.git`` beside it (commits that
+        never reached the remote can be salvaged from there) and a fresh one
+        takes its place; the next fetch fills it from the remote.
+        """
+        self._remove_stale_locks()
+        (self.git_dir / "index").unlink(missing_ok=True)
+        check = self._git(
+            "fsck",
+            "--connectivity-only",
+            "--no-progress",
+            "--no-dangling",
+            step="git fsck",
+            ok_codes=range(256),
+        )
+        if check.returncode != 0:
+            aside = self.git_dir.with_name(f"corrupt-{int(time.time())}.git")
+            log.error(
+                "repository %s failed fsck; moved to %s and starting afresh",
+                self.git_dir,
+                aside.name,
+                extra={"detail": check.stderr[-2000:]},
+            )
+            self.git_dir.rename(aside)
+            self.ensure_initialized()
+
+    def list_files(self, commit: str | None) -> list[str]:
+        if commit is None:
+            return []
+        out = self._git("ls-tree", "-r", "-z", "--name-only", commit, step="git ls-tree").raw_stdout
+        return [p for p in out.decode("utf-8", errors="surrogateescape").split("\0") if p]
 
     def rev_parse(self, rev: str) -> str | None:
         result = self._git(
@@ -444,10 +484,22 @@ def classify_git_error(exc: CommandError, what: str) -> GitError:
         )
     if "repository" in text and any(p in text for p in _NOT_FOUND_PATTERNS):
         return GitError(f"{what} failed: repository not found", detail=detail)
-    if any(p in text for p in _UNREACHABLE_PATTERNS):
-        return GitError(f"{what} failed: could not reach the Git host", detail=detail)
     if "No space left" in text or "File too large" in text:
-        return GitError(f"{what} failed: no space left on the service's disk", detail=detail)
+        return GitError(
+            f"{what} failed: no space left on the service's disk (or a file above MAX_FILE_BYTES)",
+            detail=detail,
+        )
+    server_error = re.search(r"returned error: (5\d\d)", text)
+    if server_error:
+        return GitError(
+            f"{what} failed: the Git host answered HTTP {server_error.group(1)}",
+            detail=detail,
+            transient=True,
+        )
+    if any(p in text for p in _UNREACHABLE_PATTERNS):
+        return GitError(
+            f"{what} failed: could not reach the Git host", detail=detail, transient=True
+        )
     return GitError(f"{what} failed (exit code {exc.returncode})", detail=detail)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import subprocess
 import time
@@ -48,12 +49,19 @@ def run(
     stdin: bytes | None = None,
     pass_fds: Sequence[int] = (),
     ok_codes: Sequence[int] = (0,),
+    pid_file: Path | None = None,
+    max_file_bytes: int = 0,
 ) -> Completed:
     """Run ``argv`` and return its redacted output.
 
     ``step`` names what the command does in words a user understands ("git
     fetch"); it appears in timeouts and errors. Exit codes in ``ok_codes`` are
     success; any other raises :class:`CommandError`.
+
+    ``pid_file`` records the child's process group while it runs, so that
+    after a crash of this process the next run can find and end an orphan.
+    ``max_file_bytes`` caps any single file the child writes (RLIMIT_FSIZE);
+    the child then gets EFBIG instead of filling the disk.
     """
     if timeout <= 0:
         raise SyncTimeout(step, 0)
@@ -68,7 +76,17 @@ def run(
         start_new_session=True,
         pass_fds=tuple(pass_fds),
         close_fds=True,
+        # Keep SIGXFSZ ignored (as Python has it) so an oversized write fails
+        # with EFBIG, which the child reports, instead of killing it.
+        restore_signals=not max_file_bytes,
     )
+    if max_file_bytes:
+        try:
+            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+        except (ProcessLookupError, PermissionError):  # already gone, or not allowed
+            pass
+    if pid_file is not None:
+        pid_file.write_text(f"{proc.pid}\n")
     try:
         out, err = proc.communicate(input=stdin, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -78,6 +96,9 @@ def run(
         # Interrupted (e.g. the worker is shutting down): leave nothing behind.
         _kill_group(proc)
         raise
+    finally:
+        if pid_file is not None:
+            pid_file.unlink(missing_ok=True)
     elapsed = time.monotonic() - started
     result = Completed(
         step=step,
@@ -103,3 +124,32 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             break
         except subprocess.TimeoutExpired:
             continue
+
+
+def end_orphan(pid_file: Path, owned_dir: Path) -> bool:
+    """End the process group recorded in ``pid_file`` if it is still ours.
+
+    A child whose parent was SIGKILLed keeps running in its own session. It
+    is ours if its working directory is inside ``owned_dir`` (a recycled pid
+    would not be). Returns True if an orphan was ended.
+    """
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        pid_file.unlink(missing_ok=True)
+        return False
+    ended = False
+    try:
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        if cwd == owned_dir or owned_dir in cwd.parents:
+            os.killpg(pid, signal.SIGKILL)
+            ended = True
+            log.warning("ended orphaned child process group %d left by a crash", pid)
+            for _ in range(100):  # gone once its cwd is (a zombie has none)
+                if not os.path.exists(f"/proc/{pid}/cwd"):
+                    break
+                time.sleep(0.05)
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    pid_file.unlink(missing_ok=True)
+    return ended

@@ -45,7 +45,17 @@ def gunicorn_options(settings: Settings) -> dict[str, Any]:
         # The heartbeat file; a read-only root filesystem still has /dev/shm.
         "worker_tmp_dir": _SHM if os.path.isdir(_SHM) else None,
         "control_socket_disable": True,
+        "worker_exit": _drain_runner,
     }
+
+
+def _drain_runner(server: Any, worker: Any) -> None:
+    # gunicorn has stopped accepting and finished in-flight requests (within
+    # graceful_timeout); syncs started with "wait": false may still run.
+    app = getattr(worker, "wsgi", None)
+    runner = getattr(app, "extensions", {}).get("windmill_git_sync")
+    if runner is not None:
+        runner.shutdown()
 
 
 class _Server(BaseApplication):  # type: ignore[misc]

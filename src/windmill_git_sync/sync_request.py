@@ -46,7 +46,7 @@ def _check_token(value: SecretStr) -> SecretStr:
 
 
 class SyncRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, strict=True)
 
     windmill_token: SecretStr
     git_remote_url: str = Field(max_length=2048)
@@ -57,6 +57,10 @@ class SyncRequest(BaseModel):
     git_user_email: str = "windmill@example.com"
     # Basic-auth username paired with git_token; the default depends on the host.
     git_username: str | None = None
+    # Accept a pull that deletes most of the backup (the brake is on by default).
+    allow_mass_deletion: bool = False
+    # False: answer 202 with a job id at once instead of waiting for the sync.
+    wait: bool = True
 
     _tokens = field_validator("windmill_token", "git_token")(_check_token)
 
@@ -69,6 +73,7 @@ class SyncRequest(BaseModel):
             git_token=Secret(self.git_token.get_secret_value()),
             author=Identity(self.git_user_name, self.git_user_email),
             git_username=self.git_username,
+            allow_mass_deletion=self.allow_mass_deletion,
         )
 
     @field_validator("git_remote_url")

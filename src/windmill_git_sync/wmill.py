@@ -22,6 +22,7 @@ from .deadline import Deadline
 from .errors import CommandError, SyncTimeout, WindmillAuthError, WindmillError
 from .process import run
 from .secrets import Redactor, Secret
+from .windmill_api import whoami_status
 
 log = logging.getLogger(__name__)
 
@@ -96,9 +97,17 @@ class WmillCli:
         scope: Scope,
         deadline: Deadline,
         redactor: Redactor,
+        pid_file: Path | None = None,
     ) -> None:
         """Mirror the workspace into ``export_dir`` (created if needed)."""
+        # A pull killed half-way can leave the directory (and the CLI's own
+        # wmill-lock.yaml) in any state: start such a directory afresh.
+        incomplete = export_dir.with_name(export_dir.name + ".incomplete")
+        if incomplete.exists() and export_dir.exists():
+            log.warning("previous pull into %s was interrupted; pulling afresh", export_dir)
+            shutil.rmtree(export_dir)
         export_dir.mkdir(parents=True, exist_ok=True)
+        incomplete.touch()
         (export_dir / "wmill.yaml").write_text(scope.wmill_yaml())
         with tempfile.TemporaryDirectory(prefix="wgs-wmill-") as tmp:
             env = self._env(Path(tmp), workspace, token, export_dir)
@@ -110,16 +119,19 @@ class WmillCli:
                     cwd=export_dir,
                     timeout=deadline.for_command(self.settings.command_timeout),
                     redactor=redactor,
+                    pid_file=pid_file,
+                    max_file_bytes=self.settings.max_file_bytes,
                 )
             except SyncTimeout as exc:
                 raise SyncTimeout("the Windmill pull (wmill sync pull)", exc.seconds) from None
             except CommandError as exc:
-                raise self._classify(exc, workspace) from None
+                raise self._classify(exc, workspace, token) from None
             except FileNotFoundError:
                 raise WindmillError(
                     f"The wmill CLI could not be started ({self.settings.node_bin} or "
                     f"{self.settings.wmill_cli} is missing)"
                 ) from None
+        incomplete.unlink()
 
     def _env(self, tmp: Path, workspace: str, token: Secret, export_dir: Path) -> dict[str, str]:
         home = tmp / "home"
@@ -145,11 +157,27 @@ class WmillCli:
             env["NODE_EXTRA_CA_CERTS"] = str(self.settings.node_extra_ca_certs)
         return env
 
-    def _classify(self, exc: CommandError, workspace: str) -> WindmillError:
+    def _classify(self, exc: CommandError, workspace: str, token: Secret) -> WindmillError:
         text = _ANSI.sub("", f"{exc.stdout}\n{exc.stderr}")
         base = self.settings.windmill_base_url
         detail = exc.detail
-        if "Could not authenticate" in text or "Failed to request tarball from API: 401" in text:
+        if "Could not authenticate" in text:
+            # With WM_TOKEN the CLI says this for a 500 or a dead server too.
+            probe = whoami_status(base, token, extra_ca=self.settings.node_extra_ca_certs)
+            if probe is None:
+                return WindmillError(
+                    f"Could not connect to Windmill at {base}", detail=detail, transient=True
+                )
+            if probe >= 500:
+                return WindmillError(
+                    f"Windmill answered HTTP {probe} to the login check",
+                    detail=detail,
+                    transient=True,
+                )
+            return WindmillAuthError(
+                f"Windmill rejected the token for workspace '{workspace}'", detail=detail
+            )
+        if "Failed to request tarball from API: 401" in text:
             return WindmillAuthError(
                 f"Windmill rejected the token for workspace '{workspace}'", detail=detail
             )
@@ -163,24 +191,37 @@ class WmillCli:
                 f"Windmill workspace '{workspace}' was not found at {base}", detail=detail
             )
         if "Network error" in text or "fetch failed" in text or "ECONNREFUSED" in text:
-            return WindmillError(f"Could not connect to Windmill at {base}", detail=detail)
+            return WindmillError(
+                f"Could not connect to Windmill at {base}", detail=detail, transient=True
+            )
         status = re.search(r"Failed to request tarball from API: (\d{3})", text)
         if status:
+            code = int(status.group(1))
             return WindmillError(
-                f"Windmill failed to export workspace '{workspace}' (HTTP {status.group(1)})",
+                f"Windmill failed to export workspace '{workspace}' (HTTP {code})",
                 detail=detail,
+                transient=code >= 500,
             )
         request_failed = re.search(r"Request failed \((\d{3})\)", text)
         if request_failed:
+            code = int(request_failed.group(1))
             return WindmillError(
-                f"Windmill answered HTTP {request_failed.group(1)} to the login check",
+                f"Windmill answered HTTP {code} to the login check",
                 detail=detail,
+                transient=code >= 500,
             )
         if "central directory" in text or "is this a zip" in text:
             return WindmillError("Windmill returned an invalid workspace archive", detail=detail)
-        if "ENOSPC" in text or "no space left" in text.lower():
+        if (
+            exc.returncode == -25
+            or "EFBIG" in text
+            or "ENOSPC" in text
+            or ("no space left" in text.lower())
+        ):
             return WindmillError(
-                "The Windmill pull failed: no space left on the service's disk", detail=detail
+                "The Windmill pull failed: no space left on the service's disk "
+                "(or a file above MAX_FILE_BYTES)",
+                detail=detail,
             )
         return WindmillError(
             f"The Windmill pull failed (wmill exit code {exc.returncode})", detail=detail

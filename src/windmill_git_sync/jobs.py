@@ -1,0 +1,160 @@
+"""The job history: one row per sync run, in SQLite under DATA_DIR.
+
+One connection, one writer (a lock around every statement), short
+transactions; the schema is created idempotently at start-up. Rows hold no
+secret: error messages are already redacted when they get here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id            TEXT PRIMARY KEY,
+    target        TEXT NOT NULL,
+    workspace     TEXT NOT NULL,
+    remote        TEXT NOT NULL,
+    branch        TEXT NOT NULL,
+    -- queued | running | succeeded | failed | refused | interrupted
+    state         TEXT NOT NULL,
+    phase         TEXT,
+    requests      INTEGER NOT NULL DEFAULT 1,
+    created_at    REAL NOT NULL,
+    started_at    REAL,
+    finished_at   REAL,
+    changed       INTEGER,
+    commit_id     TEXT,
+    added         INTEGER,
+    modified      INTEGER,
+    deleted       INTEGER,
+    attempts      INTEGER,
+    error         TEXT,
+    message       TEXT,
+    result_json   TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_workspace ON jobs (workspace, created_at);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+"""
+
+ACTIVE_STATES = ("queued", "running")
+_COLUMNS = (
+    "id",
+    "target",
+    "workspace",
+    "remote",
+    "branch",
+    "state",
+    "phase",
+    "requests",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "changed",
+    "commit_id",
+    "added",
+    "modified",
+    "deleted",
+    "attempts",
+    "error",
+    "message",
+    "result_json",
+)
+
+# Column names are constants of this module, never input.
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"  # noqa: S608
+
+
+class JobStore:
+    def __init__(self, path: Path, history_limit: int) -> None:
+        self.path = path
+        self.history_limit = history_limit
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        with self._lock:
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def mark_interrupted(self) -> int:
+        """Jobs left active by a previous process can never finish: say so."""
+        with self._lock:
+            cursor = self._db.execute(
+                "UPDATE jobs SET state='interrupted', finished_at=?, error='interrupted', "
+                "message='The service stopped before this sync finished' "
+                "WHERE state IN ('queued', 'running')",
+                (time.time(),),
+            )
+            return cursor.rowcount
+
+    def create(self, job_id: str, *, target: str, workspace: str, remote: str, branch: str) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO jobs (id, target, workspace, remote, branch, state, phase, "
+                "created_at) VALUES (?, ?, ?, ?, ?, 'queued', 'queued', ?)",
+                (job_id, target, workspace, remote, branch, time.time()),
+            )
+            self._prune()
+
+    def add_request(self, job_id: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE jobs SET requests = requests + 1 WHERE id=?", (job_id,))
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        unknown = set(fields) - set(_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown job fields: {sorted(unknown)}")
+        assignments = ", ".join(f"{name}=?" for name in fields)
+        with self._lock:
+            self._db.execute(
+                f"UPDATE jobs SET {assignments} WHERE id=?",  # noqa: S608
+                (*fields.values(), job_id),
+            )
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                _SELECT + " WHERE id=?",
+                (job_id,),
+            ).fetchone()
+        return _to_dict(row) if row else None
+
+    def list(self, *, workspace: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        query = _SELECT
+        params: tuple[Any, ...] = ()
+        if workspace is not None:
+            query += " WHERE workspace=?"
+            params = (workspace,)
+        query += " ORDER BY created_at DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(query, (*params, limit)).fetchall()
+        return [_to_dict(row) for row in rows]
+
+    def _prune(self) -> None:
+        self._db.execute(
+            "DELETE FROM jobs WHERE state NOT IN ('queued', 'running') AND id NOT IN "
+            "(SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?)",
+            (self.history_limit,),
+        )
+
+
+def _to_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    data = dict(zip(_COLUMNS, row, strict=True))
+    result = data.pop("result_json")
+    data["commit"] = data.pop("commit_id")
+    if data["changed"] is not None:
+        data["changed"] = bool(data["changed"])
+    data["files"] = json.loads(result)["files"] if result else []
+    for stamp in ("created_at", "started_at", "finished_at"):
+        if data[stamp] is not None:
+            data[stamp] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(data[stamp]))
+    return data
