@@ -179,12 +179,15 @@ def _raw_post(url: str, headers: dict[str, str], chunks: list[bytes] | bytes) ->
         for key, value in headers.items():
             conn.putheader(key, value)
         conn.endheaders()
-        if isinstance(chunks, bytes):
-            conn.send(chunks)
-        else:
-            for chunk in chunks:
-                conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-            conn.send(b"0\r\n\r\n")
+        try:
+            if isinstance(chunks, bytes):
+                conn.send(chunks)
+            else:
+                for chunk in chunks:
+                    conn.send(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+                conn.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server answered and closed before reading it all: fine
         response = conn.getresponse()
         return response.status, json.loads(response.read() or b"{}")
     finally:

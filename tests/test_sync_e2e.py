@@ -157,10 +157,10 @@ def test_concurrent_requests_for_one_target_share_one_history(
         responses = list(pool.map(lambda _: service.post("/sync", target.body()), range(6)))
 
     assert [r.status_code for r in responses] == [200] * 6
-    changed = [r.json() for r in responses if r.json()["changed"]]
-    assert len(changed) == 1
-    assert target.log() == [changed[0]["commit"]]
-    assert {r.json()["commit"] for r in responses} == {changed[0]["commit"]}
+    # Requests that shared the first run all report its change; one commit in all.
+    commits = {r.json()["commit"] for r in responses}
+    assert len(commits) == 1
+    assert target.log() == list(commits)
 
 
 def test_requests_for_two_targets_run_side_by_side(

@@ -87,6 +87,11 @@ _UNREACHABLE_PATTERNS = (
     "RPC failed",
     "early EOF",
     "unexpected disconnect",
+    # TLS sessions cut short (gnutls and OpenSSL builds of git say it differently).
+    "gnutls_handshake() failed",
+    "non-properly terminated",
+    "SSL_connect",
+    "SSL_ERROR_SYSCALL",
 )
 _TLS_PATTERNS = ("SSL certificate problem", "server certificate verification failed", "SSL")
 
@@ -450,6 +455,10 @@ class GitRepo:
             return PushOutcome(ok=True)
         text = result.stdout + "\n" + result.stderr
         if re.search(r"\[rejected\].*\((fetch first|non-fast-forward|stale info)\)", text):
+            return PushOutcome(ok=False, rejected_non_fast_forward=True)
+        # Another pusher held the ref's lock at that instant: the same lost
+        # race as a non-fast-forward, seen from the server's side.
+        if re.search(r"\[remote rejected\].*\((failed to update ref|cannot lock ref)", text):
             return PushOutcome(ok=False, rejected_non_fast_forward=True)
         raise classify_git_error(
             CommandError("git push", 1, result.stdout, result.stderr), "Git push"
