@@ -177,3 +177,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("runs_last") is not None)
+
+
+def made(data: dict[str, Any]) -> list[str]:
+    """The commits a sync answer says it made, newest first (as `git log` lists them)."""
+    return [c["commit"] for c in reversed(data.get("commits", []))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ from tests.conftest import (
     WINDMILL_TOKEN,
     Target,
     files_under,
+    made,
     new_target,
     plain_pull,
 )
@@ -36,12 +38,15 @@ def test_first_sync_backs_up_exactly_what_wmill_pull_writes(
     assert data["message"] == f"Successfully synced workspace '{target.workspace_id}' to Git"
     assert data["changed"] is True
     assert data["commit"] == target.log()[0]
-    assert len(target.log()) == 1
+    assert target.log() == made(data)
     assert data["added"] > 10 and data["modified"] == 0 and data["deleted"] == 0
 
     expected_dir = tmp_path / "plain"
     plain_pull(windmill, target.workspace_id, expected_dir, Scope().wmill_yaml())
-    assert target.tree() == files_under(expected_dir)
+    tree = target.tree()
+    readme = tree.pop("README.md")
+    assert tree == files_under(expected_dir)
+    assert f"# Windmill workspace `{target.workspace_id}`".encode() in readme
     # The whole workspace by default: f/ and u/ items, resource types, schedules...
     paths = set(target.tree())
     assert any(p.startswith("u/") for p in paths)
@@ -75,8 +80,8 @@ def test_second_sync_records_edit_addition_and_deletion(
     assert files["f/team/brand_new.ts"] == "added"
     assert files[resource] == "deleted"
     log = target.log()
-    assert log == [data["commit"], first["commit"]]
-    assert git_server.parent_of(target.repo, data["commit"]) == first["commit"]
+    assert log == made(data) + made(first)
+    assert git_server.parent_of(target.repo, made(data)[-1]) == first["commit"]
     tree = target.tree()
     assert tree[script] == b"def main():\n    return 42\n"
     assert resource not in tree
@@ -95,7 +100,7 @@ def test_sync_without_changes_makes_no_commit(
     assert data["changed"] is False
     assert data["commit"] == first["commit"]
     assert (data["added"], data["modified"], data["deleted"]) == (0, 0, 0)
-    assert target.log() == [first["commit"]]
+    assert target.log() == made(first)
     assert git_server.receive_pack_posts(target.repo) == []
 
 
@@ -105,7 +110,7 @@ def test_new_branch_on_existing_repository(service: ServiceProcess, target: Targ
     assert response.status_code == 200, response.text
     assert response.json()["changed"] is True
     assert target.tree("backups/nightly") == target.tree("main")
-    assert len(target.log("backups/nightly")) == 1
+    assert target.log("backups/nightly") == made(response.json())
 
 
 def test_bad_windmill_token_fails_and_pushes_nothing(
@@ -160,7 +165,7 @@ def test_concurrent_requests_for_one_target_share_one_history(
     # Requests that shared the first run all report its change; one commit in all.
     commits = {r.json()["commit"] for r in responses}
     assert len(commits) == 1
-    assert target.log() == list(commits)
+    assert target.log()[0] in commits
 
 
 def test_requests_for_two_targets_run_side_by_side(
@@ -175,10 +180,12 @@ def test_requests_for_two_targets_run_side_by_side(
             # The fast target finished while the slow one was still pulling.
             assert fast_response.status_code == 200
             assert not slow_future.done()
-            assert slow_future.result().status_code == 200
+            slow_response = slow_future.result()
+            assert slow_response.status_code == 200
     finally:
         windmill.set_fault("tarball", None, workspace=slow.workspace_id)
-    assert len(slow.log()) == 1 and len(fast.log()) == 1
+    assert slow.log() == made(slow_response.json())
+    assert fast.log() == made(fast_response.json())
 
 
 def test_human_files_survive_and_history_stays_linear(
@@ -196,7 +203,7 @@ def test_human_files_survive_and_history_stays_linear(
 
     assert response.status_code == 200, response.text
     log = target.log()
-    assert log == [response.json()["commit"], human, first["commit"]]
+    assert log == [*made(response.json()), human, *made(first)]
     tree = target.tree()
     assert tree["README.md"] == b"# Our Windmill backup\n"
     assert tree["notes/ops.txt"] == b"hello\n"
@@ -243,7 +250,8 @@ def test_one_shot_cli_reads_secrets_from_environment_or_stdin(
         input=f'{{"windmill_token": "{WINDMILL_TOKEN}", "git_token": "{GIT_TOKEN}"}}',
     )
     assert from_stdin.returncode == 0, from_stdin.stdout + from_stdin.stderr
-    assert len(target.log()) == 2
+    assert target.log()[0] == json.loads(from_stdin.stdout)["commit"]
+    assert target.log()[1:] == made(json.loads(from_env.stdout))
     assert "f/team/cli_added.sh" in target.tree()
 
     missing = subprocess.run(args, env=env, capture_output=True, text=True, timeout=60)

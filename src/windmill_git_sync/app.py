@@ -24,7 +24,7 @@ from .config import Settings
 from .errors import Busy, RequestError, WindmillGitSyncError
 from .jobs import JobStore
 from .runner import SyncRunner
-from .sync import SyncService
+from .sync import SyncService, success_message
 from .sync_request import parse_sync_request
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
         )
         return jsonify(
             success=True,
-            message=f"Successfully synced workspace '{result.workspace}' to Git",
+            message=success_message(result),
             job_id=ticket.job_id,
             coalesced=ticket.coalesced,
             **result.to_dict(),
@@ -165,6 +165,7 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
         extra: dict[str, Any] = {"attempts": exc.attempts} if exc.attempts > 1 else {}
         if job_id:
             extra["job_id"] = job_id
+        extra.update(exc.response_extra)
         return _error(exc.http_status, exc.code, exc.message, headers, extra)
 
     @app.errorhandler(HTTPException)

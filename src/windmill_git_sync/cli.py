@@ -16,7 +16,7 @@ from typing import Any
 from . import logs
 from .config import Settings
 from .errors import ConfigError, WindmillGitSyncError
-from .sync import SyncService
+from .sync import SyncService, success_message
 from .sync_request import parse_sync_request
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -97,7 +97,7 @@ def _sync_once(settings: Settings, args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "success": True,
-                "message": f"Successfully synced workspace '{result.workspace}' to Git",
+                "message": success_message(result),
                 **result.to_dict(),
             },
             indent=2,

@@ -22,6 +22,8 @@ class WindmillGitSyncError(Exception):
         # Worth retrying: a dropped connection or a 5xx, not a refusal.
         self.transient = transient
         self.attempts = 1
+        # More fields for the HTTP answer (never secrets).
+        self.response_extra: dict[str, object] = {}
 
     def __str__(self) -> str:
         return self.message

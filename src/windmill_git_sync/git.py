@@ -106,6 +106,8 @@ class Identity:
 class Change:
     status: str  # "added" | "modified" | "deleted"
     path: str
+    # The file's blob: the new one, or for a deletion the old one.
+    blob: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -363,7 +365,8 @@ class GitRepo:
             "-r",
             "-z",
             "--no-renames",
-            "--name-status",
+            "--raw",
+            "--abbrev=40",
             old_tree,
             new_tree,
             step="git diff-tree",
@@ -371,10 +374,47 @@ class GitRepo:
         fields = out.decode("utf-8", errors="surrogateescape").split("\0")
         names = {"A": "added", "M": "modified", "D": "deleted", "T": "modified"}
         changes = []
-        for status, path in zip(fields[0::2], fields[1::2], strict=False):
-            if status:
-                changes.append(Change(names.get(status[0], "modified"), path))
+        # Each change is ":<old mode> <new mode> <old sha> <new sha> <status>" then the path.
+        for meta, path in zip(fields[0::2], fields[1::2], strict=False):
+            if meta:
+                _old_mode, _new_mode, old_sha, new_sha, status = meta.lstrip(":").split(" ")
+                kind = names.get(status[0], "modified")
+                changes.append(Change(kind, path, old_sha if kind == "deleted" else new_sha))
         return changes
+
+    def ls_tree(self, tree: str) -> dict[str, tuple[str, str]]:
+        """Every file of a tree: path -> (mode, blob id)."""
+        out = self._git("ls-tree", "-r", "-z", "--full-tree", tree, step="git ls-tree").raw_stdout
+        entries = {}
+        for record in out.decode("utf-8", errors="surrogateescape").split("\0"):
+            if record:
+                meta, path = record.split("\t", 1)
+                mode, _type, sha = meta.split(" ")
+                entries[path] = (mode, sha)
+        return entries
+
+    def tree_with(self, base_tree: str, updates: dict[str, tuple[str, str] | None]) -> str:
+        """``base_tree`` with paths set to (mode, blob) or removed (None); uses a scratch index."""
+        index = self.git_dir / "scratch-index"
+        index.unlink(missing_ok=True)
+        env = {"GIT_INDEX_FILE": str(index)}
+        try:
+            self._git("read-tree", base_tree, step="git read-tree", env_extra=env)
+            lines = []
+            for path, entry in sorted(updates.items()):
+                mode, sha = entry if entry else ("0", "0" * 40)
+                lines.append(f"{mode} {sha}\t{path}")
+            self._git(
+                "update-index",
+                "-z",
+                "--index-info",
+                step="git update-index",
+                stdin="\0".join(lines).encode() + b"\0",
+                env_extra=env,
+            )
+            return self._git("write-tree", step="git write-tree", env_extra=env).stdout.strip()
+        finally:
+            index.unlink(missing_ok=True)
 
     def commit_tree(
         self, tree: str, parent: str | None, message: str, author: Identity, committer: Identity

@@ -63,6 +63,8 @@ def scan_export(root: Path, *, max_files: int = 200_000) -> dict[str, Path]:
 
 def managed_files(work_tree: Path) -> set[str]:
     found: set[str] = set()
+    if not work_tree.is_dir() or work_tree.is_symlink():
+        return found
     for entry in os.scandir(work_tree):
         rel = entry.name
         if entry.is_dir(follow_symlinks=False):
@@ -79,29 +81,35 @@ def managed_files(work_tree: Path) -> set[str]:
     return found
 
 
-def mirror(export: dict[str, Path], work_tree: Path) -> None:
-    """Make the managed part of ``work_tree`` identical to ``export``."""
-    for rel in sorted(managed_files(work_tree) - export.keys()):
-        os.unlink(work_tree / rel)
-    _prune_empty_dirs(work_tree)
+def mirror(export: dict[str, Path], work_tree: Path, prefix: str = "") -> None:
+    """Make the managed part of ``work_tree/prefix`` identical to ``export``."""
+    _ensure_real_dirs(work_tree, PurePosixPath(prefix))
+    root = work_tree / prefix
+    for rel in sorted(managed_files(root) - export.keys()):
+        os.unlink(root / rel)
+    _prune_empty_dirs(root)
     for rel, source in export.items():
-        target = work_tree / rel
-        data = source.read_bytes()
-        _ensure_real_dirs(work_tree, PurePosixPath(rel).parent)
-        try:
-            st = target.lstat()
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            if stat.S_ISDIR(st.st_mode):
-                _rmtree(target)
-            elif not stat.S_ISREG(st.st_mode) or target.read_bytes() != data:
-                target.unlink()
-            else:
-                continue
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        write_file(root, rel, source.read_bytes())
+
+
+def write_file(root: Path, rel: str, data: bytes) -> None:
+    """Write ``root/rel`` unless it already holds ``data``; never through a link."""
+    target = root / rel
+    _ensure_real_dirs(root, PurePosixPath(rel).parent)
+    try:
+        st = target.lstat()
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            _rmtree(target)
+        elif not stat.S_ISREG(st.st_mode) or target.read_bytes() != data:
+            target.unlink()
+        else:
+            return
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
 
 
 def _ensure_real_dirs(root: Path, rel_dir: PurePosixPath) -> None:

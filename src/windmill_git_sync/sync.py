@@ -18,21 +18,32 @@ import logging
 import random
 import shutil
 import time
+import urllib.error
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import mirror
+from . import attribution, items, mirror, readme
 from .config import Settings
 from .credentials import default_username
 from .deadline import Deadline
-from .errors import GitError, InsufficientStorage, MassDeletionRefused
+from .errors import (
+    GitError,
+    InsufficientStorage,
+    MassDeletionRefused,
+    SyncError,
+    WindmillAuthError,
+    WindmillError,
+    WindmillGitSyncError,
+)
 from .git import Change, GitRepo, Identity
+from .items import ItemChange, ItemRef
 from .locks import TargetLocks
 from .process import end_orphan
 from .retry import with_retries
 from .secrets import Redactor, Secret
+from .windmill_api import WindmillApi
 from .wmill import CLI_VERSION, Scope, WmillCli
 
 log = logging.getLogger(__name__)
@@ -59,6 +70,8 @@ class SyncJob:
     git_username: str | None = None
     scope: Scope = field(default_factory=Scope)
     allow_mass_deletion: bool = False
+    # Sub-directory of the repository this workspace lives in ("" = the root).
+    path_prefix: str = ""
 
     @property
     def username(self) -> str:
@@ -80,6 +93,7 @@ class SyncJob:
                 self.git_username,
                 dataclasses.astuple(self.scope),
                 self.allow_mass_deletion,
+                self.path_prefix,
             ],
         )
         return hashlib.sha256(material.encode()).hexdigest()
@@ -95,11 +109,32 @@ class SyncResult:
     changes: tuple[Change, ...]
     duration_seconds: float = 0.0
     push_attempts: int = 0
+    commits: tuple[CommitInfo, ...] = ()
+    items: tuple[ItemChange, ...] = ()
+    scope: Scope = field(default_factory=Scope)
+    path_prefix: str = ""
+    # With workspace "*": one result per workspace.
+    workspaces: tuple[SyncResult, ...] = ()
 
     def count(self, status: str) -> int:
-        return sum(1 for c in self.changes if c.status == status)
+        own = sum(1 for c in self.changes if c.status == status)
+        return own + sum(r.count(status) for r in self.workspaces)
 
     def to_dict(self) -> dict[str, object]:
+        if self.workspace == "*":
+            return {
+                "workspace": "*",
+                "remote": self.remote_url,
+                "branch": self.branch,
+                "changed": self.changed,
+                "commit": self.commit,
+                "added": self.count("added"),
+                "modified": self.count("modified"),
+                "deleted": self.count("deleted"),
+                "files": [],
+                "workspaces": [r.to_dict() for r in self.workspaces],
+                "duration_seconds": round(self.duration_seconds, 3),
+            }
         return {
             "workspace": self.workspace,
             "remote": self.remote_url,
@@ -113,12 +148,44 @@ class SyncResult:
                 {"path": c.path, "status": c.status} for c in self.changes[:MAX_LISTED_CHANGES]
             ],
             "files_truncated": len(self.changes) > MAX_LISTED_CHANGES,
+            "items": [
+                {
+                    "kind": c.item.kind,
+                    "path": c.item.path,
+                    "change": c.change,
+                    **({"old_path": c.old_path} if c.old_path else {}),
+                }
+                for c in self.items[:MAX_LISTED_CHANGES]
+            ],
+            "commits": [c.to_dict() for c in self.commits],
+            "path_prefix": self.path_prefix,
+            "scope": self.scope.describe(),
             "duration_seconds": round(self.duration_seconds, 3),
         }
 
 
-def target_key(windmill_base_url: str, workspace: str, remote_url: str, branch: str) -> str:
+@dataclass(frozen=True)
+class CommitInfo:
+    commit: str
+    author: Identity
+    subject: str
+    items: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "commit": self.commit,
+            "author": f"{self.author.name} <{self.author.email}>",
+            "subject": self.subject,
+            "items": self.items,
+        }
+
+
+def target_key(
+    windmill_base_url: str, workspace: str, remote_url: str, branch: str, path_prefix: str = ""
+) -> str:
     material = "\n".join((windmill_base_url, workspace, remote_url, branch))
+    if path_prefix:
+        material += "\n" + path_prefix
     return hashlib.sha256(material.encode()).hexdigest()[:24]
 
 
@@ -134,10 +201,16 @@ class SyncService:
 
     def key_for(self, job: SyncJob) -> str:
         return target_key(
-            self.settings.windmill_base_url, job.workspace, job.remote_url, job.branch
+            self.settings.windmill_base_url,
+            job.workspace,
+            job.remote_url,
+            job.branch,
+            job.path_prefix,
         )
 
     def sync(self, job: SyncJob, progress: Progress | None = None) -> SyncResult:
+        if job.workspace == "*":
+            return self._sync_every_workspace(job, progress)
         started = time.monotonic()
         deadline = Deadline(self.settings.sync_timeout)
         report = progress or (lambda phase: None)
@@ -145,6 +218,65 @@ class SyncService:
         with self.locks.hold(self.key_for(job), deadline):
             result = self._sync_locked(job, self.key_for(job), deadline, report)
         return dataclasses.replace(result, duration_seconds=time.monotonic() - started)
+
+    def _sync_every_workspace(self, job: SyncJob, progress: Progress | None) -> SyncResult:
+        """Each workspace the token can see, under its own sub-directory, one after another."""
+        started = time.monotonic()
+        api = WindmillApi(
+            self.settings.windmill_base_url,
+            job.windmill_token,
+            extra_ca=self.settings.node_extra_ca_certs,
+        )
+        try:
+            listing = api.get_json("workspaces/list")
+            ids = sorted(str(w["id"]) for w in listing)
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise WindmillAuthError(
+                    "Windmill rejected the token when listing workspaces"
+                ) from None
+            raise WindmillError(
+                f"Windmill answered HTTP {exc.code} when listing workspaces",
+                transient=exc.code >= 500,
+            ) from None
+        except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+            raise WindmillError(
+                f"Could not list workspaces at {self.settings.windmill_base_url}", transient=True
+            ) from None
+        results: list[SyncResult] = []
+        failures: list[tuple[str, WindmillGitSyncError]] = []
+        for workspace in ids:
+            one = dataclasses.replace(
+                job, workspace=workspace, path_prefix=_join(job.path_prefix, workspace)
+            )
+            try:
+                results.append(self.sync(one, progress))
+            except WindmillGitSyncError as exc:
+                failures.append((workspace, exc))
+        if failures:
+            error = SyncError(
+                f"{len(failures)} of {len(ids)} workspaces failed: "
+                + "; ".join(f"{ws}: {exc.message}" for ws, exc in failures)
+            )
+            error.response_extra = {
+                "workspaces": [r.to_dict() for r in results]
+                + [
+                    {"workspace": ws, "success": False, "error": exc.code, "message": exc.message}
+                    for ws, exc in failures
+                ]
+            }
+            raise error
+        commits = [r.commit for r in results if r.commit]
+        return SyncResult(
+            "*",
+            job.remote_url,
+            job.branch,
+            any(r.changed for r in results),
+            commits[-1] if commits else None,
+            (),
+            duration_seconds=time.monotonic() - started,
+            workspaces=tuple(results),
+        )
 
     def _sync_locked(
         self, job: SyncJob, key: str, deadline: Deadline, report: Progress
@@ -208,19 +340,31 @@ class SyncService:
             what="the Windmill pull",
         )
         export = mirror.scan_export(export_dir)
+        readme_text = readme.render(
+            job.workspace, self.settings.windmill_host, items.count_items(export), job.path_prefix
+        )
 
         with repo.credentials():
-            return self._commit_and_push(job, repo, export, deadline, report)
+            return self._commit_and_push(job, repo, export, readme_text, deadline, report)
 
     def _commit_and_push(
         self,
         job: SyncJob,
         repo: GitRepo,
         export: dict[str, Path],
+        readme_text: str,
         deadline: Deadline,
         report: Progress,
     ) -> SyncResult:
         policy = self.settings.retry_policy
+        done = functools.partial(
+            SyncResult,
+            job.workspace,
+            job.remote_url,
+            job.branch,
+            scope=job.scope,
+            path_prefix=job.path_prefix,
+        )
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             report("fetching")
             tip = with_retries(
@@ -232,38 +376,39 @@ class SyncService:
             base = self._choose_base(repo, tip)
             report("committing")
             repo.checkout_tree(base)
-            mirror.mirror(export, repo.work_tree)
+            mirror.mirror(export, repo.work_tree, job.path_prefix)
+            readme.place(repo.work_tree, job.path_prefix, readme_text)
             tree = repo.stage_all()
             base_tree = repo.tree_of(base)
+            commits: list[CommitInfo] = []
             if base is not None and tree == base_tree:
                 if base == tip:
-                    return SyncResult(job.workspace, job.remote_url, job.branch, False, tip, ())
-                commit = base  # earlier commits here that never reached the remote
+                    return done(False, tip, ())
+                head = base  # earlier commits here that never reached the remote
             else:
                 new_changes = repo.diff_trees(base_tree, tree)
                 if not job.allow_mass_deletion:
-                    self._check_mass_deletion(repo, base, new_changes)
-                message = commit_message(job, new_changes, self.settings.windmill_host)
-                commit = repo.commit_tree(tree, base, message, job.author, job.author)
-                repo.update_ref(repo.local_ref, commit, reason="windmill-git-sync: commit")
+                    self._check_mass_deletion(repo, base, new_changes, job.path_prefix)
+                commits = self._commit(job, repo, base, base_tree, tree, new_changes)
+                head = commits[-1].commit
+                repo.update_ref(repo.local_ref, head, reason="windmill-git-sync: commit")
             report("pushing")
             outcome = with_retries(
-                functools.partial(repo.push, commit),
+                functools.partial(repo.push, head),
                 policy=policy,
                 deadline=deadline,
                 what="the Git push",
             )
             if outcome.ok:
-                repo.update_ref(repo.tracking_ref, commit, reason="windmill-git-sync: pushed")
-                changes = tuple(repo.diff_trees(repo.tree_of(tip), tree))
-                return SyncResult(
-                    job.workspace,
-                    job.remote_url,
-                    job.branch,
+                repo.update_ref(repo.tracking_ref, head, reason="windmill-git-sync: pushed")
+                changes = repo.diff_trees(repo.tree_of(tip), tree)
+                return done(
                     bool(changes),
-                    commit,
-                    changes,
+                    head,
+                    tuple(changes),
                     push_attempts=attempt,
+                    commits=tuple(commits),
+                    items=tuple(self._item_changes(changes, job.path_prefix)),
                 )
             log.info(
                 "push of %s rejected: the remote moved on (attempt %d of %d)",
@@ -285,17 +430,101 @@ class SyncService:
             transient=True,
         )
 
-    def _check_mass_deletion(self, repo: GitRepo, base: str | None, changes: list[Change]) -> None:
-        deleted = [
-            c
+    @staticmethod
+    def _item_changes(changes: list[Change], prefix: str) -> list[ItemChange]:
+        relative = [
+            dataclasses.replace(c, path=_strip_prefix(c.path, prefix))
             for c in changes
-            if c.status == "deleted" and mirror.is_managed(c.path) and c.path not in _GENERATED
+            if _under(c.path, prefix)
         ]
+        return items.group_changes(relative, {c.path: c.blob for c in relative})
+
+    def _commit(
+        self,
+        job: SyncJob,
+        repo: GitRepo,
+        base: str | None,
+        base_tree: str,
+        tree: str,
+        changes: list[Change],
+    ) -> list[CommitInfo]:
+        """One commit per Windmill author (by name), unattributed items last.
+
+        Each commit's tree is the previous one plus that author's items, so
+        the chain ends exactly at ``tree``; files that belong to no item (the
+        lock file, the README) travel with the last commit.
+        """
+        item_changes = self._item_changes(changes, job.path_prefix)
+        existing = {c.item for c in item_changes if c.change != "deleted"}
+        authors = (
+            attribution.attribute(
+                WindmillApi(
+                    self.settings.windmill_base_url,
+                    job.windmill_token,
+                    extra_ca=self.settings.node_extra_ca_certs,
+                ),
+                job.workspace,
+                existing,
+            )
+            if existing
+            else {}
+        )
+        groups: dict[Identity | None, list[ItemChange]] = {}
+        for change in item_changes:
+            found = authors.get(change.item)
+            groups.setdefault(found.identity if found else None, []).append(change)
+        named = [k for k in groups if k is not None]
+        order: list[Identity | None] = [*sorted(named, key=lambda i: (i.name, i.email))]
+        if None in groups or not order:
+            # The request's identity: unattributed items, or only bookkeeping.
+            order.append(None)
+        # Only intermediate commits need trees built file by file.
+        entries = repo.ls_tree(tree) if len(order) > 1 else {}
+        commits: list[CommitInfo] = []
+        parent, current = base, base_tree
+        for index, who in enumerate(order):
+            group = groups.get(who, [])
+            last = index == len(order) - 1
+            if not group and not last:
+                continue
+            if last:
+                next_tree = tree
+            else:
+                paths = {_join(job.path_prefix, f) for c in group for f in c.files}
+                next_tree = repo.tree_with(current, {p: entries.get(p) for p in paths})
+            if next_tree == current:
+                continue
+            messages = {
+                c.item: message
+                for c in group
+                if c.item in authors and (message := authors[c.item].message)
+            }
+            text = commit_message(
+                job,
+                group,
+                messages,
+                self.settings.windmill_host,
+                authors.get(group[0].item) if who else None,
+            )
+            author = who or job.author
+            commit = repo.commit_tree(next_tree, parent, text, author, job.author)
+            commits.append(CommitInfo(commit, author, text.splitlines()[0], len(group)))
+            parent, current = commit, next_tree
+        return commits
+
+    def _check_mass_deletion(
+        self, repo: GitRepo, base: str | None, changes: list[Change], prefix: str
+    ) -> None:
+        def counted(path: str) -> bool:
+            if not _under(path, prefix):
+                return False
+            rel = _strip_prefix(path, prefix)
+            return mirror.is_managed(rel) and rel not in _GENERATED
+
+        deleted = [c for c in changes if c.status == "deleted" and counted(c.path)]
         if not deleted:
             return
-        backed_up = [
-            p for p in repo.list_files(base) if mirror.is_managed(p) and p not in _GENERATED
-        ]
+        backed_up = [p for p in repo.list_files(base) if counted(p)]
         share = len(deleted) / max(len(backed_up), 1)
         if len(deleted) == len(backed_up) or share > self.settings.mass_deletion_share:
             raise MassDeletionRefused(
@@ -344,21 +573,49 @@ class SyncService:
         return tip
 
 
-def commit_message(job: SyncJob, changes: list[Change], windmill_host: str) -> str:
-    counts = {s: sum(1 for c in changes if c.status == s) for s in ("added", "modified", "deleted")}
-    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no file changes"
-    lines = [f"{job.workspace}: backup ({summary})", ""]
+def success_message(result: SyncResult) -> str:
+    if result.workspace == "*":
+        return f"Successfully synced {len(result.workspaces)} workspaces to Git"
+    return f"Successfully synced workspace '{result.workspace}' to Git"
+
+
+def commit_message(
+    job: SyncJob,
+    changes: list[ItemChange],
+    deployment_messages: dict[ItemRef, str],
+    windmill_host: str,
+    attributed: attribution.Attribution | None,
+) -> str:
+    lines = [items.subject(job.workspace, changes), ""]
     for change in changes[:MAX_LISTED_CHANGES]:
-        lines.append(f"- {change.status}: {change.path}")
+        lines.append(f"- {change.describe()}")
+        if change.item in deployment_messages:
+            lines.append(f"  Deployment message: {deployment_messages[change.item]}")
     if len(changes) > MAX_LISTED_CHANGES:
         lines.append(f"- … and {len(changes) - MAX_LISTED_CHANGES} more")
+    if not changes:
+        lines.append("Only the backup's bookkeeping files (wmill-lock.yaml, README.md) changed.")
     lines += [
         "",
         f"Windmill-Workspace: {job.workspace}",
         f"Windmill-Host: {windmill_host}",
         f"Windmill-CLI-Version: {CLI_VERSION}",
     ]
+    if attributed:
+        lines.append(f"Windmill-User: {attributed.username}")
     return "\n".join(lines) + "\n"
+
+
+def _under(path: str, prefix: str) -> bool:
+    return not prefix or path.startswith(prefix + "/")
+
+
+def _strip_prefix(path: str, prefix: str) -> str:
+    return path[len(prefix) + 1 :] if prefix else path
+
+
+def _join(prefix: str, path: str) -> str:
+    return f"{prefix}/{path}" if prefix else path
 
 
 def _write_target_description(root: Path, job: SyncJob) -> None:

@@ -25,6 +25,7 @@ from .errors import RequestError
 from .git import Identity
 from .secrets import Secret
 from .sync import SyncJob
+from .wmill import Scope
 
 # The contract's required fields, in the order the error message lists them.
 REQUIRED_FIELDS = ("windmill_token", "git_remote_url", "git_token")
@@ -37,6 +38,8 @@ _URL_PATH = re.compile(r"^/[A-Za-z0-9._~/-]+$")
 _BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 _WORKSPACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,49}$")
 _EMAIL = re.compile(r"^[^\s<>@]+@[^\s<>@]+$")
+_PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
+_PATTERN = re.compile(r"[A-Za-z0-9._*?/-]{1,200}")
 
 
 def _check_token(value: SecretStr) -> SecretStr:
@@ -61,6 +64,19 @@ class SyncRequest(BaseModel):
     allow_mass_deletion: bool = False
     # False: answer 202 with a job id at once instead of waiting for the sync.
     wait: bool = True
+    # Sub-directory of the repository for this workspace (several per repository).
+    path_prefix: str = ""
+    # What the backup holds (defaults: the whole workspace, secrets excluded).
+    includes: tuple[str, ...] = ("f/**", "u/**")
+    excludes: tuple[str, ...] = ()
+    include_schedules: bool = True
+    include_triggers: bool = True
+    include_groups: bool = True
+    include_folders: bool = True
+    include_resource_types: bool = True
+    include_users: bool = False
+    include_settings: bool = False
+    include_secrets: str = "skip"
 
     _tokens = field_validator("windmill_token", "git_token")(_check_token)
 
@@ -74,6 +90,19 @@ class SyncRequest(BaseModel):
             author=Identity(self.git_user_name, self.git_user_email),
             git_username=self.git_username,
             allow_mass_deletion=self.allow_mass_deletion,
+            path_prefix=self.path_prefix,
+            scope=Scope(
+                includes=self.includes,
+                excludes=self.excludes,
+                include_schedules=self.include_schedules,
+                include_triggers=self.include_triggers,
+                include_groups=self.include_groups,
+                include_folders=self.include_folders,
+                include_resource_types=self.include_resource_types,
+                include_users=self.include_users,
+                include_settings=self.include_settings,
+                secrets=self.include_secrets,
+            ),
         )
 
     @field_validator("git_remote_url")
@@ -97,9 +126,52 @@ class SyncRequest(BaseModel):
             )
         return value
 
+    @field_validator("path_prefix")
+    @classmethod
+    def _path_prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if value and (
+            len(value) > 200
+            or not _PREFIX.fullmatch(value)
+            or any(part in (".", "..") or part.lower() == ".git" for part in value.split("/"))
+        ):
+            raise ValueError(
+                "must be a relative directory like 'workspaces/prod' (letters, digits, "
+                "'.', '_', '-', '/'; no '..')"
+            )
+        return value
+
+    @field_validator("includes", "excludes", mode="before")
+    @classmethod
+    def _patterns(cls, value: object) -> object:
+        if isinstance(value, list):
+            if len(value) > 100 or not all(
+                isinstance(p, str) and _PATTERN.fullmatch(p) for p in value
+            ):
+                raise ValueError(
+                    "must be a list of at most 100 path patterns like 'f/team/**' "
+                    "(letters, digits, '.', '_', '-', '/', '*', '?')"
+                )
+            return tuple(value)
+        raise ValueError("must be a list of path patterns")
+
+    @field_validator("include_secrets")
+    @classmethod
+    def _secrets(cls, value: str) -> str:
+        if value == "plain":
+            raise ValueError(
+                "'plain' is refused: secret values are never written in clear; use 'skip' "
+                "or 'encrypted' (Windmill's ciphertext, readable only by that workspace)"
+            )
+        if value not in ("skip", "encrypted"):
+            raise ValueError("must be 'skip' or 'encrypted'")
+        return value
+
     @field_validator("workspace")
     @classmethod
     def _workspace(cls, value: str) -> str:
+        if value == "*":  # every workspace the token can see
+            return value
         if not _WORKSPACE.fullmatch(value):
             raise ValueError(
                 "must be a Windmill workspace id: letters, digits, '-' and '_', "

@@ -22,7 +22,7 @@ from .deadline import Deadline
 from .errors import CommandError, SyncTimeout, WindmillAuthError, WindmillError
 from .process import run
 from .secrets import Redactor, Secret
-from .windmill_api import whoami_status
+from .windmill_api import WindmillApi
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,27 @@ class Scope:
     include_schedules: bool = True
     include_triggers: bool = True
     include_groups: bool = True
+    include_folders: bool = True
+    include_resource_types: bool = True
     include_users: bool = False
     include_settings: bool = False
+    # "skip": secret variables are not backed up; "encrypted": Windmill's
+    # ciphertext is (only that workspace's key can decrypt it). Never plain.
+    secrets: str = "skip"
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "includes": list(self.includes),
+            "excludes": list(self.excludes),
+            "schedules": self.include_schedules,
+            "triggers": self.include_triggers,
+            "groups": self.include_groups,
+            "folders": self.include_folders,
+            "resource_types": self.include_resource_types,
+            "users": self.include_users,
+            "settings": self.include_settings,
+            "secrets": self.secrets,
+        }
 
     def wmill_yaml(self) -> str:
         def items(values: tuple[str, ...]) -> str:
@@ -59,9 +78,11 @@ class Scope:
             f"excludes:{items(self.excludes)}"
             "skipVariables: false\n"
             "skipResources: false\n"
-            "skipResourceTypes: false\n"
-            # Secret values never reach the repository, not even encrypted.
-            "skipSecrets: true\n"
+            f"skipResourceTypes: {flag(not self.include_resource_types)}\n"
+            f"skipFolders: {flag(not self.include_folders)}\n"
+            f"skipSecrets: {flag(self.secrets != 'encrypted')}\n"
+            # Secret values are never decrypted into the repository.
+            "plainSecrets: false\n"
             f"includeSchedules: {flag(self.include_schedules)}\n"
             f"includeTriggers: {flag(self.include_triggers)}\n"
             f"includeUsers: {flag(self.include_users)}\n"
@@ -131,6 +152,8 @@ class WmillCli:
                     f"The wmill CLI could not be started ({self.settings.node_bin} or "
                     f"{self.settings.wmill_cli} is missing)"
                 ) from None
+        if scope.include_settings:
+            scrub_settings(export_dir / "settings.yaml")
         incomplete.unlink()
 
     def _env(self, tmp: Path, workspace: str, token: Secret, export_dir: Path) -> dict[str, str]:
@@ -163,7 +186,9 @@ class WmillCli:
         detail = exc.detail
         if "Could not authenticate" in text:
             # With WM_TOKEN the CLI says this for a 500 or a dead server too.
-            probe = whoami_status(base, token, extra_ca=self.settings.node_extra_ca_certs)
+            probe = WindmillApi(
+                base, token, extra_ca=self.settings.node_extra_ca_certs, timeout=10
+            ).status_of("users/whoami")
             if probe is None:
                 return WindmillError(
                     f"Could not connect to Windmill at {base}", detail=detail, transient=True
@@ -226,3 +251,40 @@ class WmillCli:
         return WindmillError(
             f"The Windmill pull failed (wmill exit code {exc.returncode})", detail=detail
         )
+
+
+# Keys of the settings export that hold credentials (an OAuth client secret,
+# a webhook token...). Windmill redacts some itself; we drop every one.
+_SECRET_KEY = re.compile(
+    r"^(?P<indent>\s*)(?P<item>- )?(?P<key>[\w-]*(secret|password|passwd|token|private_key|api_key)"
+    r"[\w-]*):",
+    re.IGNORECASE,
+)
+
+
+def scrub_settings(path: Path) -> None:
+    """Remove every secret-looking key (and the block under it) from settings.yaml."""
+    if not path.is_file():
+        return
+    original = path.read_text()
+    kept: list[str] = []
+    drop_deeper_than: int | None = None
+    for line in original.splitlines(keepends=True):
+        indent = len(line) - len(line.lstrip(" "))
+        if drop_deeper_than is not None:
+            if line.strip() and indent <= drop_deeper_than:
+                drop_deeper_than = None
+            else:
+                continue
+        match = _SECRET_KEY.match(line)
+        if match is None:
+            kept.append(line)
+        elif match.group("item"):
+            # The first key of a list item carries the "- ": keep the item, not the value.
+            kept.append(f"{match.group('indent')}- {match.group('key')}: null\n")
+            drop_deeper_than = len(match.group("indent")) + 2
+        else:
+            drop_deeper_than = len(match.group("indent"))
+    text = "".join(kept)
+    if text != original:
+        path.write_text(text)
