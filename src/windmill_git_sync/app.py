@@ -22,10 +22,12 @@ from werkzeug.exceptions import HTTPException
 
 from .config import Settings
 from .errors import Busy, RequestError, WindmillGitSyncError
+from .history import HistoryQuery, item_history
 from .jobs import JobStore
+from .restore import RestoreService
 from .runner import SyncRunner
 from .sync import SyncService, success_message
-from .sync_request import parse_sync_request
+from .sync_request import parse_restore_request, parse_sync_request
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,7 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     if interrupted:
         log.warning("%d sync job(s) were cut short when the service last stopped", interrupted)
     runner = SyncRunner(service, store, settings)
+    restorer = RestoreService(settings)
     app.extensions["windmill_git_sync"] = runner
     openapi = _load_openapi()
     if settings.sync_auth_token is None:
@@ -119,6 +122,26 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
             job_id=ticket.job_id,
             coalesced=ticket.coalesced,
             **result.to_dict(),
+        )
+
+    @app.post("/restore")
+    def restore() -> Any:
+        req = parse_restore_request(_json_body(), settings.git_allowed_hosts)
+        result = restorer.restore(req.to_job())
+        verb = "Restored" if result.applied else "Dry run: would restore"
+        return jsonify(
+            success=True,
+            message=f"{verb} {len(result.changes)} changes into workspace '{result.workspace}' "
+            f"from '{result.git_ref}'",
+            **result.to_dict(),
+        )
+
+    @app.get("/history")
+    def history() -> Any:
+        query = HistoryQuery.parse(dict(request.args))
+        commits = item_history(settings, query)
+        return jsonify(
+            success=True, workspace=query.workspace, path=query.item_path, commits=commits
         )
 
     @app.get("/jobs/<job_id>")

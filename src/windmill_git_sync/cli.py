@@ -1,4 +1,4 @@
-"""``windmill-git-sync``: run the service, or one sync from cron or CI.
+"""``windmill-git-sync``: run the service, or one sync, restore or history query.
 
 Secrets are read from the environment (WINDMILL_TOKEN, GIT_TOKEN) or, with
 ``--secrets-from-stdin``, from a JSON object on standard input; never from
@@ -15,9 +15,11 @@ from typing import Any
 
 from . import logs
 from .config import Settings
-from .errors import ConfigError, WindmillGitSyncError
+from .errors import ConfigError, RequestError, WindmillGitSyncError
+from .history import HistoryQuery, item_history
+from .restore import RestoreService
 from .sync import SyncService, success_message
-from .sync_request import parse_sync_request
+from .sync_request import parse_restore_request, parse_sync_request
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -25,27 +27,42 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="windmill-git-sync", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the HTTP service (POST /sync)")
-    one = commands.add_parser("sync", help="sync one workspace now and exit")
-    one.add_argument("--workspace", default=None)
-    one.add_argument("--git-remote-url", default=None)
-    one.add_argument("--git-branch", default=None)
-    one.add_argument("--git-user-name", default=None)
-    one.add_argument("--git-user-email", default=None)
-    one.add_argument("--git-username", default=None)
-    one.add_argument(
+    commands.add_parser("serve", help="run the HTTP service (POST /sync, /restore, ...)")
+
+    sync = commands.add_parser("sync", help="back up one workspace now and exit")
+    _target_options(sync)
+    sync.add_argument("--git-user-name")
+    sync.add_argument("--git-user-email")
+    sync.add_argument(
         "--allow-mass-deletion",
         action="store_true",
         default=None,
         help="accept a pull that deletes most of the backup",
     )
-    one.add_argument(
-        "--secrets-from-stdin",
-        action="store_true",
-        help='read {"windmill_token": ..., "git_token": ...} from standard input',
-    )
-    args = parser.parse_args(argv)
 
+    restore = commands.add_parser("restore", help="restore a backup into a workspace")
+    _target_options(restore)
+    restore.add_argument("--git-ref", help="branch, tag or commit (default: --git-branch)")
+    restore.add_argument(
+        "--include",
+        dest="includes",
+        action="append",
+        help="restore only items matching this pattern (repeatable)",
+    )
+    restore.add_argument(
+        "--apply", action="store_true", default=None, help="apply the changes (default: dry run)"
+    )
+    restore.add_argument("--allow-deletions", action="store_true", default=None)
+    restore.add_argument("--allow-mass-deletion", action="store_true", default=None)
+
+    history = commands.add_parser("history", help="backup commits that touched an item")
+    history.add_argument("--workspace", required=True)
+    history.add_argument("--git-remote-url", required=True)
+    history.add_argument("--git-branch", default="main")
+    history.add_argument("--path-prefix", default="")
+    history.add_argument("--path", required=True, help="item path, e.g. f/team/my_flow")
+
+    args = parser.parse_args(argv)
     try:
         settings = Settings.from_mapping(os.environ)
     except ConfigError as exc:
@@ -58,57 +75,79 @@ def main(argv: list[str] | None = None) -> int:
 
         serve(settings)
         return EXIT_OK
-    return _sync_once(settings, args)
+    try:
+        return _one_shot(settings, args)
+    except WindmillGitSyncError as exc:
+        print(
+            json.dumps(
+                {"success": False, "error": exc.code, "message": exc.message, **exc.response_extra}
+            )
+        )
+        return EXIT_USAGE if exc.http_status < 500 and exc.http_status != 409 else EXIT_FAILED
 
 
-def _sync_once(settings: Settings, args: argparse.Namespace) -> int:
+def _target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace")
+    parser.add_argument("--git-remote-url")
+    parser.add_argument("--git-branch")
+    parser.add_argument("--git-username")
+    parser.add_argument("--path-prefix")
+    parser.add_argument(
+        "--secrets-from-stdin",
+        action="store_true",
+        help='read {"windmill_token": ..., "git_token": ...} from standard input',
+    )
+
+
+def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
+    if args.command == "history":
+        query = HistoryQuery.parse(
+            {
+                "workspace": args.workspace,
+                "git_remote_url": args.git_remote_url,
+                "git_branch": args.git_branch,
+                "path_prefix": args.path_prefix,
+                "path": args.path,
+            }
+        )
+        commits = item_history(settings, query)
+        print(json.dumps({"success": True, "path": query.item_path, "commits": commits}, indent=2))
+        return EXIT_OK
+    body = _body_with_secrets(args)
+    if args.command == "sync":
+        service = SyncService(settings)
+        service.prepare_data_dir()
+        result = service.sync(parse_sync_request(body).to_job())
+        output: dict[str, Any] = {
+            "success": True,
+            "message": success_message(result),
+            **result.to_dict(),
+        }
+    else:
+        restored = RestoreService(settings).restore(parse_restore_request(body).to_job())
+        output = {"success": True, **restored.to_dict()}
+    print(json.dumps(output, indent=2))
+    return EXIT_OK
+
+
+def _body_with_secrets(args: argparse.Namespace) -> dict[str, Any]:
     body: dict[str, Any] = {}
     if args.secrets_from_stdin:
         try:
             secrets = json.loads(sys.stdin.read() or "{}")
         except json.JSONDecodeError:
-            return _fail("standard input is not a JSON object", EXIT_USAGE)
+            secrets = None
         if not isinstance(secrets, dict):
-            return _fail("standard input is not a JSON object", EXIT_USAGE)
+            raise RequestError("standard input is not a JSON object")
         body.update({k: secrets[k] for k in ("windmill_token", "git_token") if k in secrets})
     for env_key, field in (("WINDMILL_TOKEN", "windmill_token"), ("GIT_TOKEN", "git_token")):
         if field not in body and os.environ.get(env_key):
             body[field] = os.environ[env_key]
-    for field in (
-        "workspace",
-        "git_remote_url",
-        "git_branch",
-        "git_user_name",
-        "git_user_email",
-        "git_username",
-        "allow_mass_deletion",
-    ):
-        value = getattr(args, field)
-        if value is not None:
+    skip = {"command", "secrets_from_stdin"}
+    for field, value in vars(args).items():
+        if field not in skip and value is not None:
             body[field] = value
-    try:
-        req = parse_sync_request(body)
-        service = SyncService(settings)
-        service.prepare_data_dir()
-        result = service.sync(req.to_job())
-    except WindmillGitSyncError as exc:
-        return _fail(exc.message, EXIT_USAGE if exc.http_status < 500 else EXIT_FAILED)
-    print(
-        json.dumps(
-            {
-                "success": True,
-                "message": success_message(result),
-                **result.to_dict(),
-            },
-            indent=2,
-        )
-    )
-    return EXIT_OK
-
-
-def _fail(message: str, code: int) -> int:
-    print(json.dumps({"success": False, "message": message}), file=sys.stdout)
-    return code
+    return body
 
 
 if __name__ == "__main__":

@@ -476,6 +476,75 @@ class GitRepo:
         except CommandError as exc:
             raise classify_git_error(exc, "Git fetch") from None
 
+    def fetch_all(self) -> None:
+        """Every branch and tag of the remote (for restores from any reference)."""
+        try:
+            self._git(
+                "fetch",
+                "--quiet",
+                "--prune",
+                "--no-recurse-submodules",
+                "--no-write-fetch-head",
+                "--end-of-options",
+                self.remote_url,
+                "+refs/heads/*:refs/remotes/origin/*",
+                "+refs/tags/*:refs/tags/*",
+                step="git fetch",
+                network=True,
+            )
+        except CommandError as exc:
+            raise classify_git_error(exc, "Git fetch") from None
+
+    def resolve(self, ref: str) -> str | None:
+        """A fetched branch, a tag, or a commit id (full or abbreviated) to a commit id."""
+        candidates = [f"refs/remotes/origin/{ref}", f"refs/tags/{ref}"]
+        if re.fullmatch(r"[0-9a-f]{7,40}", ref):
+            candidates.append(ref)
+        for candidate in candidates:
+            commit = self.rev_parse(f"{candidate}^{{commit}}")
+            if commit:
+                return commit
+        return None
+
+    def export_tree(self, commit: str, prefix: str, dest: Path) -> None:
+        """Write the files of ``commit:prefix`` into ``dest`` (links become plain files)."""
+        index = self.git_dir / "export-index"
+        index.unlink(missing_ok=True)
+        env = {"GIT_INDEX_FILE": str(index)}
+        treeish = f"{commit}:{prefix}" if prefix else commit
+        try:
+            self._git("read-tree", treeish, step="git read-tree", env_extra=env)
+            self._git(
+                "checkout-index",
+                "--all",
+                "--force",
+                step="git checkout-index",
+                env_extra={**env, "GIT_WORK_TREE": str(dest)},
+            )
+        finally:
+            index.unlink(missing_ok=True)
+
+    def log_touching(self, ref: str, prefix: str) -> list[tuple[str, str, str, str, list[str]]]:
+        """(commit, date, author, subject, files) per commit under ``prefix``, newest first."""
+        args = [
+            "log",
+            "--no-renames",
+            "--name-only",
+            "-z",
+            "--format=%x1e%H%x1f%aI%x1f%an <%ae>%x1f%s",
+            ref,
+        ]
+        if prefix:
+            args += ["--", prefix]
+        out = self._git(*args, step="git log").raw_stdout.decode("utf-8", errors="replace")
+        entries = []
+        for record in out.split("\x1e")[1:]:
+            head, _, names = record.partition("\n")
+            commit, date, author, subject = head.split("\x1f", 3)
+            files = [n.strip("\n") for n in names.split("\0") if n.strip("\n")]
+            entries.append((commit, date, author, subject, files))
+        return entries
+
     def push(self, commit: str) -> PushOutcome:
         try:
             result = self._git(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -21,11 +21,15 @@ from pydantic import (
     field_validator,
 )
 
+from .credentials import default_username
 from .errors import RequestError
 from .git import Identity
+from .restore import RestoreJob
 from .secrets import Secret
 from .sync import SyncJob
 from .wmill import Scope
+
+M = TypeVar("M", bound=BaseModel)
 
 # The contract's required fields, in the order the error message lists them.
 REQUIRED_FIELDS = ("windmill_token", "git_remote_url", "git_token")
@@ -48,7 +52,20 @@ def _check_token(value: SecretStr) -> SecretStr:
     return value
 
 
-class SyncRequest(BaseModel):
+def _patterns(value: object) -> object:
+    if isinstance(value, list):
+        if len(value) > 100 or not all(isinstance(p, str) and _PATTERN.fullmatch(p) for p in value):
+            raise ValueError(
+                "must be a list of at most 100 path patterns like 'f/team/**' "
+                "(letters, digits, '.', '_', '-', '/', '*', '?')"
+            )
+        return tuple(value)
+    raise ValueError("must be a list of path patterns")
+
+
+class _TargetRequest(BaseModel):
+    """Fields shared by every request that names a workspace and a repository."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, strict=True)
 
     windmill_token: SecretStr
@@ -56,54 +73,21 @@ class SyncRequest(BaseModel):
     git_token: SecretStr
     workspace: str = "admins"
     git_branch: str = "main"
-    git_user_name: str = "Windmill Git Sync"
-    git_user_email: str = "windmill@example.com"
     # Basic-auth username paired with git_token; the default depends on the host.
     git_username: str | None = None
-    # Accept a pull that deletes most of the backup (the brake is on by default).
+    # Accept deleting most of the backup or of the workspace (a brake is on by default).
     allow_mass_deletion: bool = False
-    # False: answer 202 with a job id at once instead of waiting for the sync.
-    wait: bool = True
     # Sub-directory of the repository for this workspace (several per repository).
     path_prefix: str = ""
-    # What the backup holds (defaults: the whole workspace, secrets excluded).
     includes: tuple[str, ...] = ("f/**", "u/**")
-    excludes: tuple[str, ...] = ()
-    include_schedules: bool = True
-    include_triggers: bool = True
-    include_groups: bool = True
-    include_folders: bool = True
-    include_resource_types: bool = True
-    include_users: bool = False
-    include_settings: bool = False
     include_secrets: str = "skip"
 
     _tokens = field_validator("windmill_token", "git_token")(_check_token)
+    _includes = field_validator("includes", mode="before")(_patterns)
 
-    def to_job(self) -> SyncJob:
-        return SyncJob(
-            workspace=self.workspace,
-            remote_url=self.git_remote_url,
-            branch=self.git_branch,
-            windmill_token=Secret(self.windmill_token.get_secret_value()),
-            git_token=Secret(self.git_token.get_secret_value()),
-            author=Identity(self.git_user_name, self.git_user_email),
-            git_username=self.git_username,
-            allow_mass_deletion=self.allow_mass_deletion,
-            path_prefix=self.path_prefix,
-            scope=Scope(
-                includes=self.includes,
-                excludes=self.excludes,
-                include_schedules=self.include_schedules,
-                include_triggers=self.include_triggers,
-                include_groups=self.include_groups,
-                include_folders=self.include_folders,
-                include_resource_types=self.include_resource_types,
-                include_users=self.include_users,
-                include_settings=self.include_settings,
-                secrets=self.include_secrets,
-            ),
-        )
+    @property
+    def username(self) -> str:
+        return self.git_username or default_username(self.git_remote_url)
 
     @field_validator("git_remote_url")
     @classmethod
@@ -141,20 +125,6 @@ class SyncRequest(BaseModel):
             )
         return value
 
-    @field_validator("includes", "excludes", mode="before")
-    @classmethod
-    def _patterns(cls, value: object) -> object:
-        if isinstance(value, list):
-            if len(value) > 100 or not all(
-                isinstance(p, str) and _PATTERN.fullmatch(p) for p in value
-            ):
-                raise ValueError(
-                    "must be a list of at most 100 path patterns like 'f/team/**' "
-                    "(letters, digits, '.', '_', '-', '/', '*', '?')"
-                )
-            return tuple(value)
-        raise ValueError("must be a list of path patterns")
-
     @field_validator("include_secrets")
     @classmethod
     def _secrets(cls, value: str) -> str:
@@ -179,6 +149,56 @@ class SyncRequest(BaseModel):
             )
         return value
 
+    @field_validator("git_username")
+    @classmethod
+    def _username(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9._@+-]{1,100}", value):
+            raise ValueError("must be 1 to 100 letters, digits or '._@+-'")
+        return value
+
+
+class SyncRequest(_TargetRequest):
+    git_user_name: str = "Windmill Git Sync"
+    git_user_email: str = "windmill@example.com"
+    # False: answer 202 with a job id at once instead of waiting for the sync.
+    wait: bool = True
+    # What the backup holds (defaults: the whole workspace, secrets excluded).
+    excludes: tuple[str, ...] = ()
+    include_schedules: bool = True
+    include_triggers: bool = True
+    include_groups: bool = True
+    include_folders: bool = True
+    include_resource_types: bool = True
+    include_users: bool = False
+    include_settings: bool = False
+
+    _excludes = field_validator("excludes", mode="before")(_patterns)
+
+    def to_job(self) -> SyncJob:
+        return SyncJob(
+            workspace=self.workspace,
+            remote_url=self.git_remote_url,
+            branch=self.git_branch,
+            windmill_token=Secret(self.windmill_token.get_secret_value()),
+            git_token=Secret(self.git_token.get_secret_value()),
+            author=Identity(self.git_user_name, self.git_user_email),
+            git_username=self.git_username,
+            allow_mass_deletion=self.allow_mass_deletion,
+            path_prefix=self.path_prefix,
+            scope=Scope(
+                includes=self.includes,
+                excludes=self.excludes,
+                include_schedules=self.include_schedules,
+                include_triggers=self.include_triggers,
+                include_groups=self.include_groups,
+                include_folders=self.include_folders,
+                include_resource_types=self.include_resource_types,
+                include_users=self.include_users,
+                include_settings=self.include_settings,
+                secrets=self.include_secrets,
+            ),
+        )
+
     @field_validator("git_user_name")
     @classmethod
     def _user_name(cls, value: str) -> str:
@@ -195,12 +215,41 @@ class SyncRequest(BaseModel):
             raise ValueError("must be an email address like name@example.com")
         return value
 
-    @field_validator("git_username")
+
+class RestoreRequest(_TargetRequest):
+    # The target is never implied: restoring into the wrong workspace is costly.
+    workspace: str
+    # Branch, tag or commit id; default the branch the backups go to.
+    git_ref: str | None = None
+    apply: bool = False
+    allow_deletions: bool = False
+
+    @field_validator("git_ref")
     @classmethod
-    def _username(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9._@+-]{1,100}", value):
-            raise ValueError("must be 1 to 100 letters, digits or '._@+-'")
+    def _git_ref(cls, value: str | None) -> str | None:
+        if value is not None and not (
+            re.fullmatch(r"[0-9a-f]{7,40}", value) or is_valid_branch(value)
+        ):
+            raise ValueError("must be a branch, a tag or a commit id")
         return value
+
+    def to_job(self) -> RestoreJob:
+        if self.workspace == "*":
+            raise RequestError("Invalid workspace: a restore needs one target workspace, not '*'")
+        return RestoreJob(
+            workspace=self.workspace,
+            remote_url=self.git_remote_url,
+            git_ref=self.git_ref or self.git_branch,
+            windmill_token=Secret(self.windmill_token.get_secret_value()),
+            git_token=Secret(self.git_token.get_secret_value()),
+            git_username=self.username,
+            path_prefix=self.path_prefix,
+            includes=self.includes,
+            include_secrets=self.include_secrets,
+            apply=self.apply,
+            allow_deletions=self.allow_deletions,
+            allow_mass_deletion=self.allow_mass_deletion,
+        )
 
 
 def canonical_remote_url(value: str) -> str:
@@ -239,13 +288,23 @@ def is_valid_branch(name: str) -> bool:
 
 def parse_sync_request(body: Any, allowed_hosts: frozenset[str] = frozenset()) -> SyncRequest:
     """Validate a decoded JSON body; raise :class:`RequestError` with a user-facing message."""
+    return _parse(SyncRequest, REQUIRED_FIELDS, body, allowed_hosts)
+
+
+def parse_restore_request(body: Any, allowed_hosts: frozenset[str] = frozenset()) -> RestoreRequest:
+    return _parse(RestoreRequest, (*REQUIRED_FIELDS, "workspace"), body, allowed_hosts)
+
+
+def _parse(
+    model: type[M], required: tuple[str, ...], body: Any, allowed_hosts: frozenset[str]
+) -> M:
     if not isinstance(body, dict):
         raise RequestError("Request body must be a JSON object")
-    missing = [f for f in REQUIRED_FIELDS if body.get(f) in (None, "")]
+    missing = [f for f in required if body.get(f) in (None, "")]
     if missing:
         raise RequestError("Missing required fields: " + ", ".join(missing))
     try:
-        return SyncRequest.model_validate(body, context={"allowed_hosts": allowed_hosts})
+        return model.model_validate(body, context={"allowed_hosts": allowed_hosts})
     except ValidationError as exc:
         raise RequestError(describe_validation_error(exc)) from None
 

@@ -10,6 +10,7 @@ HOME and config directory so no stored profile can redirect it.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -130,31 +131,93 @@ class WmillCli:
         export_dir.mkdir(parents=True, exist_ok=True)
         incomplete.touch()
         (export_dir / "wmill.yaml").write_text(scope.wmill_yaml())
+        self._run(
+            ["sync", "pull", "--yes", "--skip-branch-validation"],
+            "wmill sync pull",
+            "the Windmill pull (wmill sync pull)",
+            workspace=workspace,
+            token=token,
+            directory=export_dir,
+            deadline=deadline,
+            redactor=redactor,
+            pid_file=pid_file,
+        )
+        if scope.include_settings:
+            scrub_settings(export_dir / "settings.yaml")
+        incomplete.unlink()
+
+    def push(
+        self,
+        *,
+        workspace: str,
+        token: Secret,
+        directory: Path,
+        dry_run: bool,
+        keep_deleted: bool,
+        deadline: Deadline,
+        redactor: Redactor,
+    ) -> list[dict[str, str]]:
+        """``wmill sync push`` of ``directory`` into the workspace; the changes it lists."""
+        args = ["sync", "push", "--json-output", "--skip-branch-validation"]
+        args.append("--dry-run" if dry_run else "--yes")
+        if keep_deleted:
+            args.append("--keep-deleted")
+        out = self._run(
+            args,
+            "wmill sync push",
+            "the restore (wmill sync push)",
+            workspace=workspace,
+            token=token,
+            directory=directory,
+            deadline=deadline,
+            redactor=redactor,
+        )
+        try:
+            document = json.loads(out[out.index("{") :])
+            return [
+                {"type": str(c["type"]), "path": str(c["path"])}
+                for c in document.get("changes", [])
+            ]
+        except (ValueError, KeyError, TypeError):
+            raise WindmillError(
+                "The wmill CLI's push output could not be read", detail=out[-2000:]
+            ) from None
+
+    def _run(
+        self,
+        args: list[str],
+        step: str,
+        what: str,
+        *,
+        workspace: str,
+        token: Secret,
+        directory: Path,
+        deadline: Deadline,
+        redactor: Redactor,
+        pid_file: Path | None = None,
+    ) -> str:
         with tempfile.TemporaryDirectory(prefix="wgs-wmill-") as tmp:
-            env = self._env(Path(tmp), workspace, token, export_dir)
+            env = self._env(Path(tmp), workspace, token, directory)
             try:
-                run(
-                    self._argv("sync", "pull", "--yes", "--skip-branch-validation"),
-                    step="wmill sync pull",
+                return run(
+                    self._argv(*args),
+                    step=step,
                     env=env,
-                    cwd=export_dir,
+                    cwd=directory,
                     timeout=deadline.for_command(self.settings.command_timeout),
                     redactor=redactor,
                     pid_file=pid_file,
                     max_file_bytes=self.settings.max_file_bytes,
-                )
+                ).stdout
             except SyncTimeout as exc:
-                raise SyncTimeout("the Windmill pull (wmill sync pull)", exc.seconds) from None
+                raise SyncTimeout(what, exc.seconds) from None
             except CommandError as exc:
-                raise self._classify(exc, workspace, token) from None
+                raise self._classify(exc, workspace, token, args[1]) from None
             except FileNotFoundError:
                 raise WindmillError(
                     f"The wmill CLI could not be started ({self.settings.node_bin} or "
                     f"{self.settings.wmill_cli} is missing)"
                 ) from None
-        if scope.include_settings:
-            scrub_settings(export_dir / "settings.yaml")
-        incomplete.unlink()
 
     def _env(self, tmp: Path, workspace: str, token: Secret, export_dir: Path) -> dict[str, str]:
         home = tmp / "home"
@@ -180,7 +243,9 @@ class WmillCli:
             env["NODE_EXTRA_CA_CERTS"] = str(self.settings.node_extra_ca_certs)
         return env
 
-    def _classify(self, exc: CommandError, workspace: str, token: Secret) -> WindmillError:
+    def _classify(
+        self, exc: CommandError, workspace: str, token: Secret, action: str
+    ) -> WindmillError:
         text = _ANSI.sub("", f"{exc.stdout}\n{exc.stderr}")
         base = self.settings.windmill_base_url
         detail = exc.detail
@@ -244,12 +309,12 @@ class WmillCli:
             or ("no space left" in text.lower())
         ):
             return WindmillError(
-                "The Windmill pull failed: no space left on the service's disk "
+                f"The Windmill {action} failed: no space left on the service's disk "
                 "(or a file above MAX_FILE_BYTES)",
                 detail=detail,
             )
         return WindmillError(
-            f"The Windmill pull failed (wmill exit code {exc.returncode})", detail=detail
+            f"The Windmill {action} failed (wmill exit code {exc.returncode})", detail=detail
         )
 
 
