@@ -6,12 +6,17 @@ BIN    := $(VENV)/bin
 export WMILL_CLI ?= $(CURDIR)/node_modules/windmill-cli/esm/main.js
 export DATA_DIR  ?= $(CURDIR)/data
 
-.PHONY: run test install install-dev system-deps lint typecheck bench lock clean
+.PHONY: run test install install-dev system-deps test-system-deps lint typecheck bench lock clean
 
-# Debian packages the tests need (git's http-backend ships with git).
+# Debian packages the service needs (git's http-backend ships with git).
 system-deps:
 	@command -v git >/dev/null && command -v node >/dev/null && command -v npm >/dev/null \
 	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends git nodejs npm ca-certificates; }
+
+# ... and those only the tests need: Chromium renders the status page.
+test-system-deps: system-deps
+	@command -v chromium >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +37,7 @@ node_modules/.installed: package.json package-lock.json
 
 install: system-deps $(VENV)/.runtime-installed node_modules/.installed
 
-install-dev: install $(VENV)/.dev-installed
+install-dev: install test-system-deps $(VENV)/.dev-installed
 
 # Runs the service in the foreground with the same entry point as the image.
 run: install

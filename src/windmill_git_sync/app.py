@@ -18,12 +18,17 @@ import uuid
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
+from . import status_page
+from .alerts import AlertSender, Watchdog
 from .config import Settings
 from .errors import Busy, RequestError, WindmillGitSyncError
 from .history import HistoryQuery, item_history
 from .jobs import JobStore
+from .metrics import Metrics
+from .readiness import Readiness
 from .restore import RestoreService
 from .runner import SyncRunner
 from .sync import SyncService, success_message
@@ -34,7 +39,7 @@ log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 # Paths anyone may call even when inbound authentication is on.
-PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PATHS = frozenset({"/health", "/ready"})
 
 
 class Unauthorized(RequestError):
@@ -66,8 +71,19 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     interrupted = store.mark_interrupted()
     if interrupted:
         log.warning("%d sync job(s) were cut short when the service last stopped", interrupted)
-    runner = SyncRunner(service, store, settings)
+    metrics = Metrics()
+    alerts = (
+        AlertSender(settings.alert_webhook_url.reveal()) if settings.alert_webhook_url else None
+    )
+    runner = SyncRunner(service, store, settings, metrics, alerts)
     restorer = RestoreService(settings)
+    readiness = Readiness(settings)
+    if alerts is not None:
+        watchdog = Watchdog(
+            store, alerts, stale_after=settings.stale_after, interval=settings.alert_check_interval
+        )
+        watchdog.start()
+        app.extensions["windmill_git_sync.watchdog"] = watchdog
     app.extensions["windmill_git_sync"] = runner
     openapi = _load_openapi()
     if settings.sync_auth_token is None:
@@ -86,6 +102,28 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     @app.get("/health")
     def health() -> Any:
         return jsonify(status="healthy")
+
+    @app.get("/ready")
+    def ready() -> Any:
+        problems = readiness.problems()
+        if problems:
+            response = jsonify(status="not ready", problems=problems)
+            response.status_code = 503
+            return response
+        return jsonify(status="ready")
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Any:
+        return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.get("/")
+    def status() -> Any:
+        html = status_page.render(store.targets(), settings.stale_after)
+        response = Response(html, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'"
+        )
+        return response
 
     @app.get("/openapi.json")
     def openapi_document() -> Any:
@@ -106,16 +144,7 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
             response.status_code = 202
             response.headers["Location"] = f"/jobs/{ticket.job_id}"
             return response
-        result = ticket.run.future.result()
-        log.info(
-            "sync finished",
-            extra={
-                "event": "sync",
-                "outcome": "success" if result.changed else "noop",
-                "job_id": ticket.job_id,
-                **{k: v for k, v in result.to_dict().items() if k != "files"},
-            },
-        )
+        result = ticket.run.future.result()  # the runner logs and counts it
         return jsonify(
             success=True,
             message=success_message(result),
@@ -162,12 +191,13 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
             limit = min(max(int(request.args.get("limit", "50")), 1), 500)
         except ValueError:
             raise RequestError("Invalid limit: must be a number") from None
-        return jsonify(jobs=store.list(workspace=workspace, limit=limit))
+        return jsonify(jobs=store.recent(workspace=workspace, limit=limit))
 
     @app.errorhandler(WindmillGitSyncError)
     def known_error(exc: WindmillGitSyncError) -> Any:
         job_id = getattr(exc, "job_id", None)
-        if exc.http_status >= 409:
+        # Sync jobs are logged by the runner; other failures (restores) here.
+        if exc.http_status >= 409 and job_id is None:
             log.error(
                 "sync failed: %s",
                 exc.message,

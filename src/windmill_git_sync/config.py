@@ -55,6 +55,11 @@ class Settings:
     min_free_bytes: int = 100 * 1024 * 1024
     # Largest single file a git or wmill child may write (0: no limit).
     max_file_bytes: int = 0
+    # Where failure and staleness alerts are POSTed (a secret: Slack's URLs are).
+    alert_webhook_url: Secret | None = None
+    # A target with no successful sync for this long is reported (seconds).
+    stale_after: float = 26 * 3600
+    alert_check_interval: float = 60.0
     # Bearer token every request but /health must carry (None: endpoint open).
     sync_auth_token: Secret | None = None
     # Hosts git_remote_url may name (empty: any host).
@@ -165,6 +170,21 @@ class Settings:
                     )
                 else:
                     values["sync_auth_token"] = Secret(token)
+
+        number("STALE_AFTER_SECONDS", "stale_after", float, 1)
+        number("ALERT_CHECK_INTERVAL", "alert_check_interval", float, 0.1)
+        alert_url = env.get("ALERT_WEBHOOK_URL", "").strip()
+        alert_file = env.get("ALERT_WEBHOOK_URL_FILE", "").strip()
+        if alert_file:
+            try:
+                alert_url = Path(alert_file).read_text().strip()
+            except OSError as exc:
+                problems.append(f"ALERT_WEBHOOK_URL_FILE cannot be read ({exc.strerror})")
+        if alert_url:
+            if urllib.parse.urlsplit(alert_url).scheme not in ("http", "https"):
+                problems.append("ALERT_WEBHOOK_URL must be an http(s) URL")
+            else:
+                values["alert_webhook_url"] = Secret(alert_url)
 
         hosts = env.get("GIT_ALLOWED_HOSTS", "").strip()
         if hosts:

@@ -128,7 +128,7 @@ class JobStore:
             ).fetchone()
         return _to_dict(row) if row else None
 
-    def list(self, *, workspace: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def recent(self, *, workspace: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         query = _SELECT
         params: tuple[Any, ...] = ()
         if workspace is not None:
@@ -138,6 +138,60 @@ class JobStore:
         with self._lock:
             rows = self._db.execute(query, (*params, limit)).fetchall()
         return [_to_dict(row) for row in rows]
+
+    def targets(self, recent: int = 30) -> list[dict[str, Any]]:
+        """One summary per target seen in the history, most recently active first."""
+        with self._lock:
+            targets = self._db.execute(
+                "SELECT target, MAX(created_at) AS last FROM jobs GROUP BY target "
+                "ORDER BY last DESC"
+            ).fetchall()
+            summaries = []
+            for target, _last in targets:
+                rows = self._db.execute(
+                    _SELECT + " WHERE target=? ORDER BY created_at DESC LIMIT ?",
+                    (target, recent),
+                ).fetchall()
+                success = self._db.execute(
+                    "SELECT finished_at, commit_id FROM jobs WHERE target=? AND "
+                    "state='succeeded' ORDER BY finished_at DESC LIMIT 1",
+                    (target,),
+                ).fetchone()
+                summaries.append((target, rows, success))
+        result = []
+        for target, rows, success in summaries:
+            jobs = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
+            latest = jobs[0]
+            last_success_at = success[0] if success else None
+            failed = [
+                j
+                for j in jobs
+                if j["state"] in ("failed", "refused", "interrupted")
+                and (last_success_at is None or (j["finished_at"] or 0) > last_success_at)
+            ]
+            result.append(
+                {
+                    "target": target,
+                    "workspace": latest["workspace"],
+                    "remote": latest["remote"],
+                    "branch": latest["branch"],
+                    "last_success_at": last_success_at,
+                    "last_commit": success[1] if success else None,
+                    "last_error": failed[0]["message"] if failed else None,
+                    "state": latest["state"],
+                    "recent": [
+                        {
+                            "state": j["state"],
+                            "changed": j["changed"],
+                            "seconds": (j["finished_at"] - j["started_at"])
+                            if j["finished_at"] and j["started_at"]
+                            else None,
+                        }
+                        for j in reversed(jobs)
+                    ],
+                }
+            )
+        return result
 
     def _prune(self) -> None:
         self._db.execute(

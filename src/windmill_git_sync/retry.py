@@ -35,7 +35,14 @@ def _is_transient(exc: Exception) -> bool:
     return isinstance(exc, SyncError) and exc.transient
 
 
-def with_retries(fn: Callable[[], T], *, policy: RetryPolicy, deadline: Deadline, what: str) -> T:
+def with_retries(
+    fn: Callable[[], T],
+    *,
+    policy: RetryPolicy,
+    deadline: Deadline,
+    what: str,
+    on_retry: Callable[[str], None] | None = None,
+) -> T:
     """Call ``fn``, retrying transient :class:`SyncError` s; the last error says how many tries."""
     attempt_number = 0
     try:
@@ -50,6 +57,8 @@ def with_retries(fn: Callable[[], T], *, policy: RetryPolicy, deadline: Deadline
             with attempt:
                 attempt_number = attempt.num
                 if attempt_number > 1:
+                    if on_retry is not None:
+                        on_retry(what)
                     log.info(
                         "retrying %s (attempt %d of %d)", what, attempt_number, policy.attempts
                     )

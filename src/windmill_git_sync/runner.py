@@ -19,9 +19,11 @@ import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .alerts import AlertSender
 from .config import Settings
 from .errors import Busy, MassDeletionRefused, ShuttingDown, WindmillGitSyncError
 from .jobs import JobStore
+from .metrics import Metrics, target_label
 from .sync import SyncJob, SyncResult, SyncService
 
 log = logging.getLogger(__name__)
@@ -56,10 +58,20 @@ class Ticket:
 
 
 class SyncRunner:
-    def __init__(self, service: SyncService, store: JobStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        service: SyncService,
+        store: JobStore,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        alerts: AlertSender | None = None,
+    ) -> None:
         self.service = service
         self.store = store
         self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.alerts = alerts
+        service.on_retry = lambda step: self.metrics.retries.labels(step).inc()
         self._pool = ThreadPoolExecutor(settings.max_concurrent_syncs, thread_name_prefix="sync")
         self._lock = threading.Lock()
         self._lanes: dict[str, _Lane] = {}
@@ -103,6 +115,7 @@ class SyncRunner:
                 branch=job.branch,
             )
             self._not_started += 1
+            self.metrics.queue_depth.set(self._not_started)
             if lane.current is None:
                 lane.current = run
                 self._pool.submit(self._execute, run)
@@ -117,6 +130,9 @@ class SyncRunner:
             run.started = True
             self._not_started -= 1
             self._in_flight += 1
+            self.metrics.queue_depth.set(self._not_started)
+            self.metrics.in_flight.set(self._in_flight)
+        started = time.monotonic()
         self.store.update(run.job_id, state="running", started_at=time.time())
         try:
             result = self.service.sync(
@@ -124,6 +140,7 @@ class SyncRunner:
             )
         except WindmillGitSyncError as exc:
             exc.job_id = run.job_id  # type: ignore[attr-defined]
+            self._report_failure(run, exc, time.monotonic() - started)
             self.store.update(
                 run.job_id,
                 finished_at=time.time(),
@@ -137,6 +154,7 @@ class SyncRunner:
         except BaseException as exc:
             # The outermost job boundary: log the traceback, record a failure.
             log.exception("sync job %s crashed", run.job_id)
+            self.metrics.record(self._label(run), "error", time.monotonic() - started)
             self.store.update(
                 run.job_id,
                 state="failed",
@@ -161,13 +179,82 @@ class SyncRunner:
                 attempts=result.push_attempts,
                 result_json=json.dumps({"files": data["files"]}),
             )
+            self._report_success(run, result, data)
             run.future.set_result(result)
         finally:
             self._next_in_lane(run)
 
+    @staticmethod
+    def _label(run: Run) -> str:
+        job = run.job
+        return target_label(job.workspace, job.remote_url, job.branch, job.path_prefix)
+
+    def _report_success(self, run: Run, result: SyncResult, data: dict[str, object]) -> None:
+        outcome = "success" if result.changed else "noop"
+        self.metrics.record(
+            self._label(run),
+            outcome,
+            result.duration_seconds,
+            added=result.count("added"),
+            modified=result.count("modified"),
+            deleted=result.count("deleted"),
+            commits=len(result.commits),
+        )
+        # One rich line per sync (JSON when stdout is not a terminal).
+        log.info(
+            "sync %s",
+            outcome,
+            extra={
+                "event": "sync",
+                "outcome": outcome,
+                "job_id": run.job_id,
+                "target": self._label(run),
+                "duration_seconds": data["duration_seconds"],
+                "commit": result.commit,
+                "added": data["added"],
+                "modified": data["modified"],
+                "deleted": data["deleted"],
+                "commits": len(result.commits),
+            },
+        )
+
+    def _report_failure(self, run: Run, exc: WindmillGitSyncError, seconds: float) -> None:
+        outcome = "refused" if isinstance(exc, MassDeletionRefused) else "error"
+        self.metrics.record(self._label(run), outcome, seconds)
+        log.error(
+            "sync %s: %s",
+            outcome,
+            exc.message,
+            extra={
+                "event": "sync",
+                "outcome": outcome,
+                "job_id": run.job_id,
+                "target": self._label(run),
+                "duration_seconds": round(seconds, 3),
+                "error": exc.code,
+                "attempts": exc.attempts,
+                "detail": exc.detail,
+            },
+        )
+        if self.alerts is not None:
+            job = run.job
+            self.alerts.send(
+                {
+                    "event": "sync_failed",
+                    "workspace": job.workspace,
+                    "remote": job.remote_url,
+                    "branch": job.branch,
+                    "job_id": run.job_id,
+                    "error": exc.code,
+                    "message": f"Backup of workspace '{job.workspace}' to {job.remote_url} "
+                    f"({job.branch}) failed: {exc.message}",
+                }
+            )
+
     def _next_in_lane(self, finished: Run) -> None:
         with self._lock:
             self._in_flight -= 1
+            self.metrics.in_flight.set(self._in_flight)
             lane = self._lanes[finished.key]
             lane.current = lane.waiting.pop(0) if lane.waiting else None
             if lane.current is None:

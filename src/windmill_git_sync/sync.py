@@ -194,6 +194,8 @@ class SyncService:
         self.settings = settings
         self.wmill = WmillCli(settings)
         self.locks = TargetLocks(settings.data_dir / "locks")
+        # Called with a step's name on each retry (metrics).
+        self.on_retry: Callable[[str], None] | None = None
 
     def prepare_data_dir(self) -> None:
         for path in (self.settings.data_dir, self.settings.repos_dir, self.settings.tmp_dir):
@@ -338,6 +340,7 @@ class SyncService:
             policy=self.settings.retry_policy,
             deadline=deadline,
             what="the Windmill pull",
+            on_retry=self.on_retry,
         )
         export = mirror.scan_export(export_dir)
         readme_text = readme.render(
@@ -372,6 +375,7 @@ class SyncService:
                 policy=policy,
                 deadline=deadline,
                 what="the Git fetch",
+                on_retry=self.on_retry,
             )
             base = self._choose_base(repo, tip)
             report("committing")
@@ -398,6 +402,7 @@ class SyncService:
                 policy=policy,
                 deadline=deadline,
                 what="the Git push",
+                on_retry=self.on_retry,
             )
             if outcome.ok:
                 repo.update_ref(repo.tracking_ref, head, reason="windmill-git-sync: pushed")

@@ -1,0 +1,94 @@
+"""Prometheus metrics, in the vocabulary of kubernetes/git-sync.
+
+A target label is the workspace plus the remote's host and path (and branch,
+and path prefix when set): never a token. Each app has its own registry, so
+several apps in one process (tests) do not share counters.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.parse
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+OUTCOMES = ("success", "noop", "error", "refused")
+
+
+def target_label(workspace: str, remote_url: str, branch: str, prefix: str = "") -> str:
+    parts = urllib.parse.urlsplit(remote_url)
+    label = f"{workspace}@{parts.netloc}{parts.path}#{branch}"
+    return f"{label}:{prefix}" if prefix else label
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.syncs = Counter(
+            "windmill_git_sync_count",
+            "Syncs by outcome and target",
+            ["outcome", "target"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "windmill_git_sync_duration_seconds",
+            "How long syncs take",
+            ["outcome"],
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200),
+            registry=r,
+        )
+        self.items_changed = Counter(
+            "windmill_git_sync_items_changed",
+            "Files changed by syncs",
+            ["target", "change"],
+            registry=r,
+        )
+        self.commits = Counter(
+            "windmill_git_sync_commits_pushed", "Commits pushed", ["target"], registry=r
+        )
+        self.retries = Counter(
+            "windmill_git_sync_retries", "Retries of transient failures", ["step"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "windmill_git_sync_queue_depth", "Syncs waiting for a slot", registry=r
+        )
+        self.in_flight = Gauge("windmill_git_sync_in_flight", "Syncs running", registry=r)
+        self.last_success = Gauge(
+            "windmill_git_sync_last_success_timestamp_seconds",
+            "Unix time of the last successful sync (changed or not) per target",
+            ["target"],
+            registry=r,
+        )
+        self.last_attempt = Gauge(
+            "windmill_git_sync_last_attempt_timestamp_seconds",
+            "Unix time of the last sync attempt per target",
+            ["target"],
+            registry=r,
+        )
+
+    def record(
+        self,
+        target: str,
+        outcome: str,
+        seconds: float,
+        *,
+        added: int = 0,
+        modified: int = 0,
+        deleted: int = 0,
+        commits: int = 0,
+    ) -> None:
+        now = time.time()
+        self.syncs.labels(outcome, target).inc()
+        self.duration.labels(outcome).observe(seconds)
+        self.last_attempt.labels(target).set(now)
+        if outcome in ("success", "noop"):
+            self.last_success.labels(target).set(now)
+        for change, n in (("added", added), ("modified", modified), ("deleted", deleted)):
+            if n:
+                self.items_changed.labels(target, change).inc(n)
+        if commits:
+            self.commits.labels(target).inc(commits)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
