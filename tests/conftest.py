@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,21 +82,45 @@ def service(
     scanner: ProcScanner,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServiceProcess]:
-    root = tmp_path_factory.mktemp("service")
-    proc = ServiceProcess(
-        data_dir=root / "data",
-        log_path=root / "service.log",
-        env={
-            "WINDMILL_BASE_URL": windmill.base_url,
-            "GIT_SSL_CAINFO": str(ca_pem),
-            # Inherited tracing must not leak credentials (security notes T11).
-            "GIT_TRACE_REDACT": "0",
-            "GIT_CURL_VERBOSE": "1",
-        },
+    # Inherited tracing must not leak credentials (security notes T11).
+    proc = start_service(
+        tmp_path_factory.mktemp("service"),
+        windmill,
+        ca_pem,
+        GIT_TRACE_REDACT="0",
+        GIT_CURL_VERBOSE="1",
     )
-    proc.start()
     yield proc
     proc.stop()
+
+
+def start_service(
+    root: Path, windmill: WindmillEmulator, ca_pem: Path | None = None, **env: str
+) -> ServiceProcess:
+    """A service of its own (data under ``root``), for settings the shared one lacks."""
+    base = {"WINDMILL_BASE_URL": windmill.base_url}
+    if ca_pem is not None:
+        base["GIT_SSL_CAINFO"] = str(ca_pem)
+    proc = ServiceProcess(
+        data_dir=root / "data", log_path=root / "service.log", env={**base, **env}
+    )
+    return proc.start()
+
+
+# The one-shot command line, installed beside the interpreter running the tests.
+CLI = Path(sys.executable).parent / "windmill-git-sync"
+
+
+def cli_env(home: Path, windmill: WindmillEmulator, ca_pem: Path, **extra: str) -> dict[str, str]:
+    """An environment for the one-shot command, built from scratch like the service's."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": str(home),
+        "DATA_DIR": str(home / "data"),
+        "WINDMILL_BASE_URL": windmill.base_url,
+        "GIT_SSL_CAINFO": str(ca_pem),
+        **extra,
+    }
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests import conftest
 from tests.conftest import Target, files_under, made, new_target, plain_pull
 from tests.servers.git_server import GitHttpServer
 from tests.servers.service_process import ServiceProcess
@@ -26,19 +27,16 @@ from windmill_git_sync.wmill import Scope
 def start_service(
     root: Path, windmill: WindmillEmulator, ca_pem: Path, **env: str
 ) -> ServiceProcess:
-    proc = ServiceProcess(
-        data_dir=root / "data",
-        log_path=root / "service.log",
-        env={
-            "WINDMILL_BASE_URL": windmill.base_url,
-            "GIT_SSL_CAINFO": str(ca_pem),
-            "RETRY_ATTEMPTS": "3",
-            "RETRY_WAIT_INITIAL": "0.2",
-            "RETRY_MAX_SECONDS": "30",
-            **env,
-        },
+    """A service of its own with quick retries, for fault injection."""
+    return conftest.start_service(
+        root,
+        windmill,
+        ca_pem,
+        RETRY_ATTEMPTS="3",
+        RETRY_WAIT_INITIAL="0.2",
+        RETRY_MAX_SECONDS="30",
+        **env,
     )
-    return proc.start()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Target
+from tests.conftest import Target, start_service
 from tests.servers.service_process import ServiceProcess
 
 INBOUND_TOKEN = "inbound-7f3a9c1e5b2d4f60a8e1"
@@ -20,17 +20,9 @@ def guarded(
     root = tmp_path_factory.mktemp("guarded")
     token_file = root / "sync_token"
     token_file.write_text(INBOUND_TOKEN + "\n")
-    proc = ServiceProcess(
-        data_dir=root / "data",
-        log_path=root / "service.log",
-        env={
-            "WINDMILL_BASE_URL": windmill.base_url,
-            "GIT_SSL_CAINFO": str(ca_pem),
-            "SYNC_AUTH_TOKEN_FILE": str(token_file),
-            "GIT_ALLOWED_HOSTS": "127.0.0.1",
-        },
+    proc = start_service(
+        root, windmill, ca_pem, SYNC_AUTH_TOKEN_FILE=str(token_file), GIT_ALLOWED_HOSTS="127.0.0.1"
     )
-    proc.start()
     yield proc
     proc.stop()
 

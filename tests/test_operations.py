@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import GIT_TOKEN, WINDMILL_TOKEN, Target, new_target
+from tests.conftest import GIT_TOKEN, WINDMILL_TOKEN, Target, new_target, start_service
 from tests.servers.proc_scan import needles_for
 from tests.servers.service_process import REPO_ROOT, WMILL_CLI, ServiceProcess
 from tests.servers.windmill_emulator import WindmillEmulator
@@ -65,21 +65,16 @@ def watched(
     sink: AlertSink,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServiceProcess]:
-    root = tmp_path_factory.mktemp("watched")
-    proc = ServiceProcess(
-        data_dir=root / "data",
-        log_path=root / "service.log",
-        env={
-            "WINDMILL_BASE_URL": windmill.base_url,
-            "GIT_SSL_CAINFO": str(ca_pem),
-            "ALERT_WEBHOOK_URL": sink.url,
-            "STALE_AFTER_SECONDS": "3",
-            "ALERT_CHECK_INTERVAL": "0.3",
-            "RETRY_ATTEMPTS": "2",
-            "RETRY_WAIT_INITIAL": "0.1",
-        },
+    proc = start_service(
+        tmp_path_factory.mktemp("watched"),
+        windmill,
+        ca_pem,
+        ALERT_WEBHOOK_URL=sink.url,
+        STALE_AFTER_SECONDS="3",
+        ALERT_CHECK_INTERVAL="0.3",
+        RETRY_ATTEMPTS="2",
+        RETRY_WAIT_INITIAL="0.1",
     )
-    proc.start()
     yield proc
     proc.stop()
 
@@ -223,31 +218,20 @@ def test_status_page_shows_every_target_and_nothing_secret(
 
     assert os.path.exists(CHROMIUM), "Debian's chromium package is installed by make test"
     shot = tmp_path / "status.png"
-    dom = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--window-size=480,900",
-            f"--screenshot={shot}",
-            watched.url + "/",
-        ],
-        capture_output=True,
-        timeout=120,
-        env={**os.environ, "HOME": str(tmp_path)},
+    dom = headless_chromium(
+        tmp_path / "profile", "--window-size=480,900", f"--screenshot={shot}", watched.url + "/"
     )
-    assert shot.exists(), dom.stderr.decode()[-2000:]
+    assert shot.exists(), dom.stderr[-2000:]
     width, height, colours = png_facts(shot.read_bytes())
     assert (width, height) == (480, 900)
     assert colours > 20, "the screenshot is blank"
-    rendered = subprocess.run(
+    rendered = headless_chromium(tmp_path / "profile2", "--dump-dom", watched.url + "/")
+    assert rendered.stdout.count('class="target') >= 2
+
+
+def headless_chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    # The flags keep Chromium off the network it would otherwise try to reach.
+    return subprocess.run(
         [
             CHROMIUM,
             "--headless",
@@ -258,16 +242,14 @@ def test_status_page_shows_every_target_and_nothing_secret(
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile2'}",
-            "--dump-dom",
-            watched.url + "/",
+            f"--user-data-dir={profile}",
+            *args,
         ],
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "HOME": str(tmp_path)},
+        env={**os.environ, "HOME": str(profile.parent)},
     )
-    assert rendered.stdout.count('class="target') >= 2
 
 
 def png_facts(data: bytes) -> tuple[int, int, int]:
@@ -290,15 +272,7 @@ def test_status_page_obeys_inbound_authentication(
     windmill: WindmillEmulator, ca_pem: Path, tmp_path: Path
 ) -> None:
     (tmp_path / "token").write_text("status-page-token-1234567890")
-    proc = ServiceProcess(
-        data_dir=tmp_path / "data",
-        log_path=tmp_path / "log",
-        env={
-            "WINDMILL_BASE_URL": windmill.base_url,
-            "SYNC_AUTH_TOKEN_FILE": str(tmp_path / "token"),
-        },
-    )
-    proc.start()
+    proc = start_service(tmp_path, windmill, SYNC_AUTH_TOKEN_FILE=str(tmp_path / "token"))
     try:
         assert proc.get("/").status_code == 401
         assert proc.get("/metrics").status_code == 401
@@ -310,12 +284,7 @@ def test_status_page_obeys_inbound_authentication(
 
 
 def test_ready_reports_a_missing_cli(windmill: WindmillEmulator, tmp_path: Path) -> None:
-    proc = ServiceProcess(
-        data_dir=tmp_path / "data",
-        log_path=tmp_path / "log",
-        env={"WINDMILL_BASE_URL": windmill.base_url, "WMILL_CLI": str(tmp_path / "missing.js")},
-    )
-    proc.start()
+    proc = start_service(tmp_path, windmill, WMILL_CLI=str(tmp_path / "missing.js"))
     try:
         assert proc.get("/health").status_code == 200
         not_ready = proc.get("/ready")

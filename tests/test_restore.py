@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import GIT_TOKEN, WINDMILL_TOKEN, Target, new_target
+from tests.conftest import CLI, GIT_TOKEN, WINDMILL_TOKEN, Target, cli_env, new_target
 from tests.servers.git_server import GitHttpServer
 from tests.servers.service_process import ServiceProcess
 from tests.servers.windmill_emulator import ExportOptions, WindmillEmulator
@@ -213,16 +212,8 @@ def test_restore_validation(service: ServiceProcess, target: Target) -> None:
 def test_one_shot_restore_and_history(
     target: Target, windmill: WindmillEmulator, ca_pem: Path, tmp_path: Path
 ) -> None:
-    exe = Path(sys.executable).parent / "windmill-git-sync"
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "DATA_DIR": str(tmp_path / "data"),
-        "WINDMILL_BASE_URL": windmill.base_url,
-        "GIT_SSL_CAINFO": str(ca_pem),
-        "WINDMILL_TOKEN": WINDMILL_TOKEN,
-        "GIT_TOKEN": GIT_TOKEN,
-    }
+    exe = CLI
+    env = cli_env(tmp_path, windmill, ca_pem, WINDMILL_TOKEN=WINDMILL_TOKEN, GIT_TOKEN=GIT_TOKEN)
     common = ["--git-remote-url", target.remote_url]
     synced = subprocess.run(
         [str(exe), "sync", "--workspace", target.workspace_id, *common],

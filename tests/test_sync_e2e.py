@@ -5,13 +5,14 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.conftest import (
+    CLI,
     GIT_TOKEN,
     WINDMILL_TOKEN,
     Target,
+    cli_env,
     files_under,
     made,
     new_target,
@@ -213,15 +214,8 @@ def test_human_files_survive_and_history_stays_linear(
 def test_one_shot_cli_reads_secrets_from_environment_or_stdin(
     target: Target, windmill, ca_pem: Path, tmp_path: Path
 ) -> None:
-    exe = Path(sys.executable).parent / "windmill-git-sync"
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "DATA_DIR": str(tmp_path / "data"),
-        "WINDMILL_BASE_URL": windmill.base_url,
-        "GIT_SSL_CAINFO": str(ca_pem),
-        "LOG_FORMAT": "json",
-    }
+    exe = CLI
+    env = cli_env(tmp_path, windmill, ca_pem, LOG_FORMAT="json")
     args = [
         str(exe),
         "sync",
