@@ -84,5 +84,14 @@ def test_openapi_document_is_served_and_matches_the_checked_in_file(app: Any) ->
     assert served.status_code == 200
     assert served.get_json() == json.loads(OPENAPI.read_text())
     assert set(served.get_json()["paths"]) == {
-        "/health", "/openapi.json", "/sync", "/jobs", "/jobs/{job_id}", "/restore", "/history",
-        "/ready", "/metrics", "/"}
+        "/health",
+        "/openapi.json",
+        "/sync",
+        "/jobs",
+        "/jobs/{job_id}",
+        "/restore",
+        "/history",
+        "/ready",
+        "/metrics",
+        "/",
+    }

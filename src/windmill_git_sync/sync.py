@@ -217,8 +217,9 @@ class SyncService:
         deadline = Deadline(self.settings.sync_timeout)
         report = progress or (lambda phase: None)
         report("waiting_for_lock")
-        with self.locks.hold(self.key_for(job), deadline):
-            result = self._sync_locked(job, self.key_for(job), deadline, report)
+        key = self.key_for(job)
+        with self.locks.hold(key, deadline):
+            result = self._sync_locked(job, key, deadline, report)
         return dataclasses.replace(result, duration_seconds=time.monotonic() - started)
 
     def _sync_every_workspace(self, job: SyncJob, progress: Progress | None) -> SyncResult:
