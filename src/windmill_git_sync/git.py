@@ -249,20 +249,17 @@ class GitRepo:
 
     def _remove_stale_locks(self) -> None:
         # Callers hold the target's lock, so any *.lock here belongs to a git
-        # process that died (e.g. the service was SIGKILLed mid-commit).
-        candidates = [
-            self.git_dir / "index.lock",
-            self.git_dir / "HEAD.lock",
-            self.git_dir / "packed-refs.lock",
-            self.git_dir / "shallow.lock",
-        ]
+        # process that died (e.g. the service was SIGKILLed mid-commit): the
+        # index's, HEAD's, packed-refs', the scratch indexes' and any ref's.
+        candidates = list(self.git_dir.glob("*.lock"))
         refs = self.git_dir / "refs"
         if refs.is_dir():
             candidates.extend(refs.rglob("*.lock"))
         for lock in candidates:
-            if lock.exists():
-                log.warning("removing stale git lock %s", lock.relative_to(self.git_dir))
-                lock.unlink(missing_ok=True)
+            log.warning("removing stale git lock %s", lock.relative_to(self.git_dir))
+            lock.unlink(missing_ok=True)
+        for scratch in ("scratch-index", "export-index"):
+            (self.git_dir / scratch).unlink(missing_ok=True)
 
     def recover_after_crash(self) -> None:
         """Repair what a killed run may have left; move a broken repository aside.
@@ -574,10 +571,45 @@ class GitRepo:
         )
 
 
+class RepositoryCorrupt(GitError):
+    """The service's own copy is damaged (a power loss, a full disk): rebuild it."""
+
+    code = "repository_corrupt"
+
+
+# git's words for a damaged object store or index.
+_CORRUPT_PATTERNS = (
+    "is empty",
+    "is corrupt",
+    "corrupt loose object",
+    "bad object",
+    "unable to read",
+    "index file smaller than expected",
+    "bad signature",
+    "loose object",
+    "inflate",
+    "did not receive expected object",
+)
+
+
+def is_corruption(exc: Exception) -> bool:
+    """Did this failure come from a damaged local repository?"""
+    if isinstance(exc, RepositoryCorrupt):
+        return True
+    if isinstance(exc, CommandError):
+        text = f"{exc.stdout}\n{exc.stderr}"
+        return any(p in text for p in _CORRUPT_PATTERNS) and "remote:" not in text
+    return False
+
+
 def classify_git_error(exc: CommandError, what: str) -> GitError:
     """Turn git's output into a message a user can act on."""
     text = f"{exc.stdout}\n{exc.stderr}"
     detail = exc.detail
+    if any(p in text for p in _CORRUPT_PATTERNS) and "remote:" not in text:
+        return RepositoryCorrupt(
+            f"{what} failed: the service's copy of the repository is damaged", detail=detail
+        )
     if any(p in text for p in _AUTH_PATTERNS):
         return GitAuthError(
             f"{what} failed: authentication error (check git_token and that it "

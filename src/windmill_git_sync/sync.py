@@ -29,6 +29,7 @@ from .config import Settings
 from .credentials import default_username
 from .deadline import Deadline
 from .errors import (
+    CommandError,
     GitError,
     InsufficientStorage,
     MassDeletionRefused,
@@ -37,7 +38,7 @@ from .errors import (
     WindmillError,
     WindmillGitSyncError,
 )
-from .git import Change, GitRepo, Identity
+from .git import Change, GitRepo, Identity, is_corruption
 from .items import ItemChange, ItemRef
 from .locks import TargetLocks
 from .process import end_orphan
@@ -349,7 +350,21 @@ class SyncService:
         )
 
         with repo.credentials():
-            return self._commit_and_push(job, repo, export, readme_text, deadline, report)
+            try:
+                return self._commit_and_push(job, repo, export, readme_text, deadline, report)
+            except (GitError, CommandError) as exc:
+                if not is_corruption(exc):
+                    raise
+                # A damaged copy (a power loss, a full disk) with no crash
+                # marker to say so: repair it (moving it aside if fsck fails,
+                # to be rebuilt from the remote) and try once more.
+                log.error(
+                    "the repository of %s is damaged; repairing it",
+                    job.workspace,
+                    extra={"detail": getattr(exc, "detail", None)},
+                )
+                repo.recover_after_crash()
+                return self._commit_and_push(job, repo, export, readme_text, deadline, report)
 
     def _commit_and_push(
         self,
