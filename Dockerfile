@@ -1,80 +1,132 @@
-# syntax=docker/dockerfile:1.7
 # windmill-git-sync: backs up Windmill workspaces to Git (see README.md).
 #
-# BASE_IMAGE is an official image by default; tests may point it at a local
-# copy. An optional extra CA bundle (corporate TLS-intercepting proxies) can
-# be given as a BuildKit secret:  --secret id=extra_ca,src=corp-ca.pem
+#   docker build -t windmill-git-sync .
+#
+# Needs BuildKit: the default builder since Docker 23 (on Docker 20.10 set
+# DOCKER_BUILDKIT=1). There is deliberately no "# syntax=" line: the builder's
+# own Dockerfile frontend is used, so a build never has to pull one.
+#
+# Optional build arguments:
+#   BASE_IMAGE     a Debian bookworm image; the official slim one by default.
+#   PIP_INDEX_URL  a PyPI mirror. Packages are checked against the hashes in
+#                  requirements/runtime.txt whatever the index.
+#   NPM_REGISTRY   an npm registry mirror. Node, npm and the wmill CLI are
+#                  checked against the integrity pinned below and in
+#                  package-lock.json whatever the registry.
+# Behind a TLS-intercepting proxy, hand its CA bundle to the build as a
+# BuildKit secret. It is trusted (in addition to the usual CAs) by the steps
+# that download, and never stored in any layer:
+#   docker build --secret id=extra_ca,src=corp-ca.pem -t windmill-git-sync .
 ARG BASE_IMAGE=debian:bookworm-slim
-ARG NODE_VERSION=22.23.3
 
-# --- Node.js and the pinned wmill CLI -------------------------------------
-FROM ${BASE_IMAGE} AS cli
-ARG NODE_VERSION
-RUN --mount=type=secret,id=extra_ca,required=false \
-    set -eux; \
-    apt-get update; \
-    apt-get install -y --no-install-recommends ca-certificates npm; \
-    rm -rf /var/lib/apt/lists/*
-WORKDIR /opt/windmill-git-sync
-COPY package.json package-lock.json ./
-# Debian's Node is too old for windmill-cli (it needs Node >= 20); the npm
-# registry ships the official Node binaries as node-linux-<arch> packages.
-RUN --mount=type=secret,id=extra_ca,required=false \
-    set -eux; \
-    if [ -s /run/secrets/extra_ca ]; then export NODE_EXTRA_CA_CERTS=/run/secrets/extra_ca; fi; \
-    case "$(dpkg --print-architecture)" in \
-      amd64) arch=x64 ;; arm64) arch=arm64 ;; *) echo "unsupported architecture"; exit 1 ;; \
-    esac; \
-    npm install --no-save --no-audit --no-fund --prefix /opt/node "node-linux-${arch}@${NODE_VERSION}"; \
-    mkdir -p /opt/node/bin; \
-    cp "/opt/node/node_modules/node-linux-${arch}/bin/node" /opt/node/bin/node; \
-    rm -rf /opt/node/node_modules /opt/node/package*.json; \
-    npm ci --omit=dev --no-audit --no-fund --loglevel=error; \
-    /opt/node/bin/node node_modules/windmill-cli/esm/main.js --help >/dev/null
-
-# --- Python virtual environment from the lock file --------------------------
-FROM ${BASE_IMAGE} AS python
-RUN --mount=type=secret,id=extra_ca,required=false \
-    set -eux; \
-    apt-get update; \
-    apt-get install -y --no-install-recommends ca-certificates python3 python3-venv; \
-    rm -rf /var/lib/apt/lists/*
-WORKDIR /src
-COPY requirements/runtime.txt requirements/runtime.txt
-RUN --mount=type=secret,id=extra_ca,required=false \
-    set -eux; \
-    if [ -s /run/secrets/extra_ca ]; then export PIP_CERT=/run/secrets/extra_ca; fi; \
-    python3 -m venv /opt/venv; \
-    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --require-hashes \
-        -r requirements/runtime.txt
-COPY pyproject.toml README.md ./
-COPY src ./src
-RUN --mount=type=secret,id=extra_ca,required=false \
-    set -eux; \
-    if [ -s /run/secrets/extra_ca ]; then export PIP_CERT=/run/secrets/extra_ca; fi; \
-    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps .
-
-# --- Runtime -----------------------------------------------------------------
-FROM ${BASE_IMAGE}
+# --- What the runtime needs; the build stages start from it as well ---------
+FROM ${BASE_IMAGE} AS runtime-base
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends ca-certificates git python3 tini; \
     rm -rf /var/lib/apt/lists/*; \
-    useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin wgs; \
-    mkdir -p /data; chown wgs:wgs /data
+    groupadd --system --gid 10001 wgs; \
+    useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
+        --shell /usr/sbin/nologin wgs; \
+    mkdir /data; chown 10001:10001 /data; chmod 0750 /data
+
+FROM runtime-base AS build-base
+RUN set -eux; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends python3-venv python3-setuptools python3-wheel; \
+    rm -rf /var/lib/apt/lists/*
+
+# --- Node.js and the pinned wmill CLI -----------------------------------------
+# Debian bookworm's Node (18) is too old for windmill-cli, which needs Node 20
+# or newer; the npm registry carries the official Node binaries as the
+# node-linux-<arch> packages. Node and npm are fetched by URL and checked
+# against the integrity below; the CLI comes from package-lock.json (npm ci).
+FROM build-base AS cli
+ARG NPM_REGISTRY=https://registry.npmjs.org/
+ARG NODE_VERSION=22.23.3
+ARG NODE_INTEGRITY_X64=sha512-qHnz5tFsHoj/WM+uRENVjWONi5hVvmwrgq8A4V76KpuVNAc4+jwK8x4gwbobE9BtHNg/AKR2583eYorLF/c7ng==
+ARG NODE_INTEGRITY_ARM64=sha512-l3DAHZreylo+p9QXDtsOrjG2JXJqVzYXnAGmIQNOUNARcMppTO2cmewVQP+36tjJnSE+dzpMNtgW+c3oiDvXtA==
+ARG NPM_VERSION=10.9.4
+ARG NPM_INTEGRITY=sha512-OnUG836FwboQIbqtefDNlyR0gTHzIfwRfE3DuiNewBvnMnWEpB0VEXwBlFVgqpNzIgYo/MHh3d2Hel/pszapAA==
+WORKDIR /opt/windmill-git-sync
+COPY package.json package-lock.json ./
+RUN --mount=type=secret,id=extra_ca,required=false --mount=type=tmpfs,target=/tmp \
+    set -eu; \
+    if [ -s /run/secrets/extra_ca ]; then \
+        cat /etc/ssl/certs/ca-certificates.crt /run/secrets/extra_ca > /tmp/ca.pem; \
+        export SSL_CERT_FILE=/tmp/ca.pem NODE_EXTRA_CA_CERTS=/tmp/ca.pem; \
+    fi; \
+    case "$(dpkg --print-architecture)" in \
+        amd64) arch=x64; node_integrity="$NODE_INTEGRITY_X64" ;; \
+        arm64) arch=arm64; node_integrity="$NODE_INTEGRITY_ARM64" ;; \
+        *) echo "unsupported architecture: $(dpkg --print-architecture)" >&2; exit 1 ;; \
+    esac; \
+    registry="${NPM_REGISTRY%/}"; \
+    fetch() { \
+        python3 -c 'import base64, hashlib, sys, urllib.request; \
+url, integrity, out = sys.argv[1:]; \
+data = urllib.request.urlopen(url, timeout=600).read(); \
+algo, _, want = integrity.partition("-"); \
+got = base64.b64encode(hashlib.new(algo, data).digest()).decode(); \
+sys.exit(f"{url}: integrity {algo}-{got}, expected {integrity}") if got != want else None; \
+open(out, "wb").write(data)' "$@"; \
+    }; \
+    fetch "$registry/node-linux-$arch/-/node-linux-$arch-$NODE_VERSION.tgz" "$node_integrity" /tmp/node.tgz; \
+    fetch "$registry/npm/-/npm-$NPM_VERSION.tgz" "$NPM_INTEGRITY" /tmp/npm.tgz; \
+    mkdir -p /opt/node/bin /tmp/npm; \
+    tar -xzf /tmp/node.tgz -C /tmp package/bin/node; \
+    install -m 0755 /tmp/package/bin/node /opt/node/bin/node; \
+    tar -xzf /tmp/npm.tgz -C /tmp/npm --strip-components=1; \
+    PATH="/opt/node/bin:$PATH" HOME=/tmp \
+        node /tmp/npm/bin/npm-cli.js ci --omit=dev --no-audit --no-fund --loglevel=error \
+        --registry "$registry/" --cache /tmp/npm-cache; \
+    /opt/node/bin/node node_modules/windmill-cli/esm/main.js --help > /dev/null
+
+# --- Python virtual environment from the lock file ----------------------------
+FROM build-base AS python
+ARG PIP_INDEX_URL=https://pypi.org/simple
+COPY requirements/runtime.txt /src/requirements/runtime.txt
+RUN --mount=type=secret,id=extra_ca,required=false --mount=type=tmpfs,target=/tmp \
+    set -eu; \
+    if [ -s /run/secrets/extra_ca ]; then \
+        cat /etc/ssl/certs/ca-certificates.crt /run/secrets/extra_ca > /tmp/ca.pem; \
+        export PIP_CERT=/tmp/ca.pem; \
+    fi; \
+    python3 -m venv /opt/venv; \
+    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-input \
+        --index-url "$PIP_INDEX_URL" --require-hashes -r /src/requirements/runtime.txt
+COPY pyproject.toml README.md /src/
+COPY src /src/src
+# The project itself is built offline, by Debian's setuptools.
+RUN --mount=type=tmpfs,target=/tmp \
+    set -eux; \
+    cd /src; \
+    python3 -c 'from setuptools import build_meta; build_meta.build_wheel("/tmp/dist")'; \
+    /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-input \
+        --no-index --no-deps /tmp/dist/*.whl; \
+    /opt/venv/bin/pip uninstall --yes --quiet pip setuptools; \
+    /opt/venv/bin/python -c 'import windmill_git_sync.app'
+
+# --- Runtime --------------------------------------------------------------------
+FROM runtime-base
 COPY --from=cli /opt/node/bin/node /usr/local/bin/node
 COPY --from=cli /opt/windmill-git-sync /opt/windmill-git-sync
 COPY --from=python /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:/usr/local/bin:/usr/bin:/bin \
+# TINI_SUBREAPER: zombies are still reaped when something else is PID 1 (docker run --init).
+ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    TINI_SUBREAPER=1 \
     DATA_DIR=/data \
     PORT=8080 \
     WMILL_CLI=/opt/windmill-git-sync/node_modules/windmill-cli/esm/main.js
-USER wgs
-WORKDIR /data
+# Numeric, so orchestrators can tell it is not root. The data volume must be
+# writable by this uid: chown 10001 the host directory of a bind mount.
+USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 8080
-HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python3", "-c", "import os,urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8080'), timeout=4)"]
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; h = os.environ.get('HOST') or '127.0.0.1'; h = '127.0.0.1' if h in ('0.0.0.0', '::') else h; h = '[' + h + ']' if ':' in h else h; urllib.request.urlopen('http://%s:%s/health' % (h, os.environ.get('PORT', '8080')), timeout=4)"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["windmill-git-sync", "serve"]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
+import tempfile
 from typing import Any
 
 from . import logs
@@ -69,6 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"windmill-git-sync: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
     logs.configure(settings.log_level, settings.log_format)
+    # A core dump of a process holding tokens must never reach a disk.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    problem = _data_dir_problem(settings)
+    if problem:
+        print(f"windmill-git-sync: {problem}", file=sys.stderr)
+        return EXIT_USAGE
 
     if args.command == "serve":
         from .server import serve
@@ -84,6 +92,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         return EXIT_USAGE if exc.http_status < 500 and exc.http_status != 409 else EXIT_FAILED
+
+
+def _data_dir_problem(settings: Settings) -> str | None:
+    """Say plainly when DATA_DIR cannot be used (the usual Docker volume mistake)."""
+    try:
+        SyncService(settings).prepare_data_dir()
+        with tempfile.NamedTemporaryFile(dir=settings.data_dir, prefix=".write-test-"):
+            return None
+    except OSError as exc:
+        return (
+            f"DATA_DIR {settings.data_dir} is not writable by uid {os.getuid()} "
+            f"({exc.strerror}); give it to that user, e.g. chown {os.getuid()} <host dir>"
+        )
 
 
 def _target_options(parser: argparse.ArgumentParser) -> None:

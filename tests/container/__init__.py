@@ -1,0 +1,1 @@
+"""Helpers of the container test (tests/test_container.py)."""
