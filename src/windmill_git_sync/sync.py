@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 import shutil
 import time
 import urllib.error
@@ -56,6 +57,7 @@ MAX_LISTED_CHANGES = 500
 _GENERATED = frozenset({"wmill.yaml", "wmill-lock.yaml"})
 
 Progress = Callable[[str], None]
+_WORKSPACE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,49}")
 
 
 @dataclass(frozen=True)
@@ -250,6 +252,12 @@ class SyncService:
         results: list[SyncResult] = []
         failures: list[tuple[str, WindmillGitSyncError]] = []
         for workspace in ids:
+            if not _WORKSPACE_ID.fullmatch(workspace):
+                # It becomes a directory name: never one Windmill could steer.
+                failures.append(
+                    (workspace, WindmillError("Windmill listed an invalid workspace id; skipped"))
+                )
+                continue
             one = dataclasses.replace(
                 job, workspace=workspace, path_prefix=_join(job.path_prefix, workspace)
             )
