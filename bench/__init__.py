@@ -1,0 +1,1 @@
+"""Benchmarks of windmill-git-sync against the bare wmill CLI: `make bench`."""
