@@ -24,7 +24,15 @@ from werkzeug.exceptions import HTTPException
 from . import status_page
 from .alerts import AlertSender, Watchdog
 from .config import Settings
-from .errors import Busy, RequestError, WindmillGitSyncError
+from .errors import (
+    BodyTooLarge,
+    Busy,
+    LengthRequired,
+    RequestError,
+    Unauthorized,
+    UnsupportedMediaType,
+    WindmillGitSyncError,
+)
 from .history import HistoryQuery, item_history
 from .jobs import JobStore
 from .metrics import Metrics
@@ -40,26 +48,6 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 # Paths anyone may call even when inbound authentication is on.
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
-
-
-class Unauthorized(RequestError):
-    code = "unauthorized"
-    http_status = 401
-
-
-class LengthRequired(RequestError):
-    code = "length_required"
-    http_status = 411
-
-
-class BodyTooLarge(RequestError):
-    code = "body_too_large"
-    http_status = 413
-
-
-class UnsupportedMediaType(RequestError):
-    code = "unsupported_media_type"
-    http_status = 415
 
 
 def create_app(settings: Settings, service: SyncService | None = None) -> Flask:

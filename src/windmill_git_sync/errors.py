@@ -46,6 +46,31 @@ class RequestError(WindmillGitSyncError):
     http_status = 400
 
 
+class Unauthorized(RequestError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class LengthRequired(RequestError):
+    code = "length_required"
+    http_status = 411
+
+
+class BodyTooLarge(RequestError):
+    code = "body_too_large"
+    http_status = 413
+
+
+class UnsupportedMediaType(RequestError):
+    code = "unsupported_media_type"
+    http_status = 415
+
+
+class NotFound(RequestError):
+    code = "not_found"
+    http_status = 404
+
+
 class SyncError(WindmillGitSyncError):
     """A sync failed for a reason outside the caller's request."""
 

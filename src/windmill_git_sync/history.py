@@ -12,18 +12,13 @@ from dataclasses import dataclass
 from . import items
 from .config import Settings
 from .deadline import Deadline
-from .errors import RequestError
+from .errors import NotFound, RequestError
 from .git import GitRepo
 from .secrets import NO_SECRETS, Secret
 from .sync import target_key
 from .sync_request import canonical_remote_url, is_valid_branch
 
 _ITEM_PATH = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_.@/-]{0,299}")
-
-
-class NotFound(RequestError):
-    code = "not_found"
-    http_status = 404
 
 
 @dataclass(frozen=True)
