@@ -5,7 +5,7 @@
 Starts the Windmill emulator, the HTTPS Git server and the real service, runs
 every scenario for every size (see bench/scenarios.py), and prints a Markdown
 report; ``--update-docs`` also writes it into docs/performance.md. Nothing
-leaves the machine. The default run takes about half an hour on 2 CPUs, most
+leaves the machine. The default run takes about 20 minutes on 2 CPUs, most
 of it the bare CLI's first pull of 1000 items and the 5000-item workspace.
 """
 

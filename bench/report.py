@@ -87,8 +87,10 @@ def render(
     head = "| | " + " | ".join(f"{n} items" for n in sizes) + " |"
     rule = "|---|" + "---|" * len(sizes)
     out: list[str] = []
-    out.append(f"Run on {datetime.date.today().isoformat()} with `python -m bench {args}`, ")
-    out.append(f"{elapsed / 60:.1f} minutes in all.")
+    out.append(
+        f"Run on {datetime.date.today().isoformat()} with `python -m bench {args}`, "
+        f"{elapsed / 60:.1f} minutes in all."
+    )
     out.append("")
     out.append("Machine:")
     out.append("")

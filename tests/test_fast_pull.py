@@ -1,12 +1,13 @@
 """The fast first pull writes exactly what a plain `wmill sync pull` writes.
 
 A pull into a fresh export directory (a first sync, or one after an interrupted
-pull) runs the pinned CLI with its wmill-lock.yaml updates batched (see
-``fast_pull``). Here that pull, through the service's own ``WmillCli.pull``,
-is compared file by file and byte for byte, wmill-lock.yaml included, with a
-plain pull of the unmodified CLI, on a workspace of a few hundred items of
-every kind; then the ordinary pulls that follow must behave the same on both
-directories. No assertion is about time.
+pull), or into one with a large lock file, runs the pinned CLI with its
+wmill-lock.yaml updates batched (see ``fast_pull``). Here that pull, through
+the service's own ``WmillCli.pull``, is compared file by file and byte for
+byte, wmill-lock.yaml included, with a plain pull of the unmodified CLI, on a
+workspace of a few hundred items of every kind; then the pulls that follow,
+batched or not, must leave both directories the same. No assertion is about
+time.
 """
 
 from __future__ import annotations
