@@ -18,10 +18,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import requests
 import yaml
 
 from tests.container.engine import LABEL, Docker
+from tests.servers.service_process import RecordingClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "windmill-git-sync"  # the service's name in docker-compose.yml and the README
@@ -87,7 +87,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ContainerService:
+class ContainerService(RecordingClient):
     """One container of the image, serving on 127.0.0.1:<port> of the host."""
 
     def __init__(
@@ -171,20 +171,6 @@ class ContainerService:
         return self.docker.run(
             "exec", *flags, self.name, *args, input=input, timeout=timeout, check=False
         )
-
-    def post(
-        self, path: str, body: Any = None, *, timeout: float = 300, **kwargs: Any
-    ) -> requests.Response:
-        if body is not None:
-            kwargs["json"] = body
-        response = requests.post(self.url + path, timeout=timeout, **kwargs)
-        self.responses.append(response.text)
-        return response
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        response = requests.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
-        self.responses.append(response.text)
-        return response
 
     def stop(self, grace: int = 60) -> int:
         """``docker stop -t <grace>``; returns the container's exit code."""

@@ -23,7 +23,28 @@ WMILL_CLI = REPO_ROOT / "node_modules" / "windmill-cli" / "esm" / "main.js"
 _LISTENING = re.compile(r"Listening at: http://([0-9.]+):(\d+)")
 
 
-class ServiceProcess:
+class RecordingClient:
+    """HTTP calls to a running service that keep every body seen, for leak scans."""
+
+    url: str
+    responses: list[str]
+
+    def post(
+        self, path: str, body: Any = None, *, timeout: float = 300, **kwargs: Any
+    ) -> requests.Response:
+        if body is not None:
+            kwargs["json"] = body
+        response = requests.post(self.url + path, timeout=timeout, **kwargs)
+        self.responses.append(response.text)
+        return response
+
+    def get(self, path: str, **kwargs: Any) -> requests.Response:
+        response = requests.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
+        self.responses.append(response.text)
+        return response
+
+
+class ServiceProcess(RecordingClient):
     def __init__(self, *, data_dir: Path, log_path: Path, env: Mapping[str, str]) -> None:
         self.data_dir = data_dir
         self.log_path = log_path
@@ -77,20 +98,6 @@ class ServiceProcess:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def post(
-        self, path: str, body: Any = None, *, timeout: float = 300, **kwargs: Any
-    ) -> requests.Response:
-        if body is not None:
-            kwargs["json"] = body
-        response = requests.post(self.url + path, timeout=timeout, **kwargs)
-        self.responses.append(response.text)
-        return response
-
-    def get(self, path: str, **kwargs: Any) -> requests.Response:
-        response = requests.get(self.url + path, timeout=kwargs.pop("timeout", 30), **kwargs)
-        self.responses.append(response.text)
-        return response
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
