@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import posixpath
 import stat
+from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
 from .errors import UnsafeExportError
@@ -35,29 +37,33 @@ def is_managed(rel: str) -> bool:
     )
 
 
-def scan_export(root: Path, *, max_files: int = 200_000) -> dict[str, Path]:
-    """All files of an export, refusing anything that is not a plain file in a managed place."""
-    files: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        base = Path(dirpath)
-        for name in dirnames + filenames:
-            _check_name(name)
-        for name in dirnames:
-            if stat.S_ISLNK((base / name).lstat().st_mode):
-                raise UnsafeExportError(
-                    f"The export contains a symbolic link ({_rel(base / name, root)}); refusing it"
-                )
-        for name in filenames:
-            path = base / name
-            rel = _rel(path, root)
-            mode = path.lstat().st_mode
-            if not stat.S_ISREG(mode):
-                raise UnsafeExportError(f"The export contains a non-regular file ({rel})")
-            if not is_managed(rel):
-                raise UnsafeExportError(f"The export contains an unexpected file ({rel})")
-            files[rel] = path
-            if len(files) > max_files:
-                raise UnsafeExportError(f"The export has more than {max_files} files")
+def scan_export(root: Path, *, max_files: int = 200_000) -> dict[str, str]:
+    """All files of an export (relative path -> absolute path), refusing anything that is
+    not a plain file in a managed place."""
+    # os.scandir and plain strings: a sync walks thousands of files, and
+    # pathlib's per-path parsing was most of this function's time.
+    files: dict[str, str] = {}
+    pending = [(os.fspath(root), "")]
+    while pending:
+        directory, rel_dir = pending.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                _check_name(entry.name)
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                if entry.is_symlink():
+                    raise UnsafeExportError(
+                        f"The export contains a symbolic link ({rel}); refusing it"
+                    )
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append((entry.path, rel))
+                    continue
+                if not entry.is_file(follow_symlinks=False):
+                    raise UnsafeExportError(f"The export contains a non-regular file ({rel})")
+                if not is_managed(rel):
+                    raise UnsafeExportError(f"The export contains an unexpected file ({rel})")
+                files[rel] = entry.path
+                if len(files) > max_files:
+                    raise UnsafeExportError(f"The export has more than {max_files} files")
     return files
 
 
@@ -81,35 +87,51 @@ def managed_files(work_tree: Path) -> set[str]:
     return found
 
 
-def mirror(export: dict[str, Path], work_tree: Path, prefix: str = "") -> None:
+def mirror(export: Mapping[str, str], work_tree: Path, prefix: str = "") -> None:
     """Make the managed part of ``work_tree/prefix`` identical to ``export``."""
     _ensure_real_dirs(work_tree, PurePosixPath(prefix))
     root = work_tree / prefix
     for rel in sorted(managed_files(root) - export.keys()):
         os.unlink(root / rel)
     _prune_empty_dirs(root)
+    checked = {""}  # directories already made real during this call
     for rel, source in export.items():
-        write_file(root, rel, source.read_bytes())
+        parent = posixpath.dirname(rel)
+        if parent not in checked:
+            _ensure_real_dirs(root, PurePosixPath(parent))
+            checked.update(str(p) for p in PurePosixPath(rel).parents)
+        with open(source, "rb") as fh:
+            _write_if_different(os.path.join(root, rel), fh.read())
 
 
 def write_file(root: Path, rel: str, data: bytes) -> None:
     """Write ``root/rel`` unless it already holds ``data``; never through a link."""
-    target = root / rel
     _ensure_real_dirs(root, PurePosixPath(rel).parent)
+    _write_if_different(os.path.join(root, rel), data)
+
+
+def _write_if_different(target: str, data: bytes) -> None:
+    """Write ``target`` (whose directory is real) unless it already holds ``data``."""
     try:
-        st = target.lstat()
+        st = os.lstat(target)
     except FileNotFoundError:
         st = None
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
             _rmtree(target)
-        elif not stat.S_ISREG(st.st_mode) or target.read_bytes() != data:
-            target.unlink()
+        elif not stat.S_ISREG(st.st_mode) or st.st_size != len(data) or _read(target) != data:
+            os.unlink(target)
         else:
             return
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
 
 
 def _ensure_real_dirs(root: Path, rel_dir: PurePosixPath) -> None:
@@ -137,7 +159,7 @@ def _prune_empty_dirs(work_tree: Path) -> None:
                 os.rmdir(dirpath)
 
 
-def _rmtree(path: Path) -> None:
+def _rmtree(path: str | Path) -> None:
     for dirpath, dirnames, filenames in os.walk(path, topdown=False):
         for name in filenames:
             os.unlink(os.path.join(dirpath, name))

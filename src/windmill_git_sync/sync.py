@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -352,14 +353,23 @@ class SyncService:
             what="the Windmill pull",
             on_retry=self.on_retry,
         )
-        export = mirror.scan_export(export_dir)
-        readme_text = readme.render(
-            job.workspace, self.settings.windmill_host, items.count_items(export), job.path_prefix
-        )
-
-        with repo.credentials():
+        with repo.credentials(), ThreadPoolExecutor(1, thread_name_prefix="wgs-fetch") as pool:
+            # Ask the remote for its tip (a network round trip) while the
+            # export is checked and counted (the disk): only now that the pull
+            # has proved the request's Windmill token, and with no other child
+            # running meanwhile (they share the pid file).
+            first_tip = pool.submit(self._fetch_tip_retrying, repo, deadline)
+            export = mirror.scan_export(export_dir)
+            readme_text = readme.render(
+                job.workspace,
+                self.settings.windmill_host,
+                items.count_items(export),
+                job.path_prefix,
+            )
             try:
-                return self._commit_and_push(job, repo, export, readme_text, deadline, report)
+                return self._commit_and_push(
+                    job, repo, export, readme_text, deadline, report, first_tip
+                )
             except (GitError, CommandError) as exc:
                 if not is_corruption(exc):
                     raise
@@ -378,10 +388,11 @@ class SyncService:
         self,
         job: SyncJob,
         repo: GitRepo,
-        export: dict[str, Path],
+        export: dict[str, str],
         readme_text: str,
         deadline: Deadline,
         report: Progress,
+        first_tip: Future[str | None] | None = None,
     ) -> SyncResult:
         policy = self.settings.retry_policy
         done = functools.partial(
@@ -394,13 +405,10 @@ class SyncService:
         )
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             report("fetching")
-            tip = with_retries(
-                lambda: self._fetch_tip(repo),
-                policy=policy,
-                deadline=deadline,
-                what="the Git fetch",
-                on_retry=self.on_retry,
-            )
+            if attempt == 1 and first_tip is not None:
+                tip = first_tip.result()
+            else:
+                tip = self._fetch_tip_retrying(repo, deadline)
             base = self._choose_base(repo, tip)
             report("committing")
             repo.checkout_tree(base)
@@ -572,6 +580,15 @@ class SyncService:
                 f"Not enough free space in DATA_DIR ({free // 2**20} MiB free, "
                 f"{self.settings.min_free_bytes // 2**20} MiB needed); nothing was changed"
             )
+
+    def _fetch_tip_retrying(self, repo: GitRepo, deadline: Deadline) -> str | None:
+        return with_retries(
+            lambda: self._fetch_tip(repo),
+            policy=self.settings.retry_policy,
+            deadline=deadline,
+            what="the Git fetch",
+            on_retry=self.on_retry,
+        )
 
     def _fetch_tip(self, repo: GitRepo) -> str | None:
         tip = repo.remote_tip()
