@@ -222,6 +222,13 @@ def test_pulls_after_the_fast_one_match_plain_pulls(
     assert recorder.batched() == [True, False, True]
     assert_same_tree(fast, plain)
 
+    # Nothing changed, batched: every script's metadata is the same text on
+    # both sides, so the hook skips its parse; the files stay the same.
+    before = files_under(fast)
+    service_pull(windmill, workspace_id, fast)
+    assert recorder.batched() == [True, False, True, True]
+    assert files_under(fast) == before
+
     # An interrupted pull leaves the directory in an unknown state: the next
     # pull starts afresh, batched again, and writes what a plain first pull
     # writes. (Not what the incremental directory holds: the CLI keeps lock
@@ -229,7 +236,7 @@ def test_pulls_after_the_fast_one_match_plain_pulls(
     (fast.parent / "export.incomplete").touch()
     (fast / "f" / "team" / "hello_py.py").write_text("half-written")
     service_pull(windmill, workspace_id, fast)
-    assert recorder.batched() == [True, False, True, True]
+    assert recorder.batched() == [True, False, True, True, True]
     plain_again = tmp_path / "plain-again"
     plain_again.mkdir()
     plain_cli_pull(windmill, workspace_id, plain_again)

@@ -21,13 +21,20 @@ file is re-read and re-written changes, so the output is the same byte for
 byte (tests/test_fast_pull.py compares it with plain pulls, every file
 included).
 
-The hook costs about 0.1 s of node start-up and 30 MB, and saves nothing
-when nothing changed, so it is used only where it pays: a pull into a fresh
-directory, or one whose lock file is large enough that a single changed item
-costs the CLI more than that.
+The same hook makes one more edit, of the same kind: on every pull the CLI
+parses the YAML of each script's metadata twice (the remote's and the local
+copy) to carry over a pending lock, even when the two texts are identical,
+where nothing can be carried over. The edit skips that parse for identical
+texts (see ``SAME_META``): a no-change pull of 5000 items took 9.9 s instead
+of 12.5 s here; at 1000 items the parse is about 0.5 s of CPU.
 
-The hook touches nothing but the configured CLI file, and only when both
-anchors below occur in it exactly once; the service checks the same before
+The hook costs about 0.13 s of node start-up (its loader thread) and 30 MB,
+about what the second edit saves at 1000 items, so it is used only where it
+clearly pays: a pull into a fresh directory, or one whose lock file is large
+enough that a single changed item costs the CLI more than that.
+
+The hook touches nothing but the configured CLI file, and only when every
+anchor below occurs in it exactly once; the service checks the same before
 adding the hook at all. Any other CLI (a different version, a wrapper
 binary) runs unmodified: slower, never different.
 """
@@ -66,6 +73,21 @@ END_BATCHED = (
     "    }\n"
     "    if (opts.jsonOutput) {\n"
 )
+# In `preservePendingScriptLocks` (main.js, line 66872), run on every pull:
+# for each script's metadata file present both remotely and locally, it
+# parses both YAML texts to see whether a local lock must be carried over.
+# When the two texts are the same string, every branch after the parse ends
+# in `continue` (the same text has the same `lock`: either set, or not a
+# string), so skipping the parse changes nothing but its cost.
+SAME_META = (
+    "    const localMeta = local[metaKey];\n    if (localMeta === undefined)\n      continue;\n"
+)
+SAME_META_SKIPPED = (
+    "    const localMeta = local[metaKey];\n"
+    "    if (localMeta === undefined || localMeta === remote[metaKey])\n"
+    "      continue;\n"
+)
+EDITS = ((BEGIN, BEGIN_BATCHED), (END, END_BATCHED), (SAME_META, SAME_META_SKIPPED))
 # The batch functions the patch calls must be the CLI's own.
 REQUIRED = (
     "async function beginLockfileBatch() {",
@@ -136,7 +158,7 @@ def patchable(cli: Path) -> bool:
     except (OSError, UnicodeDecodeError):
         ok = False
     else:
-        ok = all(source.count(anchor) == 1 for anchor in (BEGIN, END)) and all(
+        ok = all(source.count(anchor) == 1 for anchor, _ in EDITS) and all(
             part in source for part in REQUIRED
         )
         del source
@@ -160,7 +182,7 @@ def node_options(cli: Path) -> list[str]:
         return []
     hooks = _HOOKS % {
         "target": json.dumps(os.path.realpath(cli)),
-        "edits": json.dumps([[BEGIN, BEGIN_BATCHED], [END, END_BATCHED]]),
+        "edits": json.dumps(EDITS),
     }
     hooks_url = "data:text/javascript," + urllib.parse.quote(hooks)
     # module.register exists from Node 20.6; without it the pull runs unbatched.
