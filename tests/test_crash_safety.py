@@ -385,6 +385,57 @@ def test_killed_during_pull_orphan_is_ended_and_next_sync_backs_up(
     assert second.get(f"/jobs/{old['id']}").json()["state"] == "interrupted"
 
 
+def test_killed_during_the_fetch_orphan_is_ended_and_next_sync_backs_up(
+    services: Services,
+    fresh: Target,
+    git_server: GitHttpServer,
+    windmill: WindmillEmulator,
+    tmp_path: Path,
+) -> None:
+    # The fetch runs beside the commit's preparation, with its own pid file:
+    # its orphan must be found and ended as the pull's is.
+    first = services.start()
+    assert first.post("/sync", fresh.body()).status_code == 200
+    before = fresh.log()
+    add_change(fresh, "during_the_fetch")
+    root = services.target_dir(fresh)
+    git_server.mode = "blackhole"  # ls-remote waits for an answer that never comes
+    try:
+        killed_post = in_background(lambda: first.post("/sync", fresh.body(), timeout=120))
+        # git-remote-https, waiting on the remote (comm is cut to 15 bytes).
+        fetching = wait_for(
+            lambda: [p for p in processes_in(root / "repo.git") if p.comm == "git-remote-http"],
+            "git asking the remote for its tip",
+        )
+        assert (root / "fetch.pid").exists()
+        kill_service(first)
+        assert isinstance(killed_post.exception(timeout=30), requests.ConnectionError)
+        assert all(is_alive(p) for p in fetching), "the fetch should be orphaned"
+
+        second = services.start()
+        second_post = in_background(lambda: second.post("/sync", fresh.body(), timeout=120))
+        # Ended as the sync starts, long before git's own 60 s stall timeout.
+        wait_for(
+            lambda: not [p for p in fetching if is_alive(p)],
+            "the orphaned fetch to be ended",
+            timeout=20,
+        )
+    finally:
+        git_server.mode = "normal"
+    response = second_post.result(timeout=120)
+
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert "ended orphaned child process group" in second.log_text()
+    assert fresh.log() == made(data) + before
+    assert_remote_is_exact_backup(fresh, windmill, tmp_path)
+    assert not (root / "fetch.pid").exists()
+    assert not processes_in(root)
+    jobs = jobs_of(second, fresh)
+    assert [j["state"] for j in jobs] == ["succeeded", "interrupted", "succeeded"]
+    assert jobs[1]["phase"] == "fetching"
+
+
 # -- 2. killed during the commit or the push ---------------------------------------------
 
 KILLER = """#!{python}

@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.parse
 from collections.abc import Callable
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,9 @@ MAX_LISTED_CHANGES = 500
 _GENERATED = frozenset({"wmill.yaml", "wmill-lock.yaml"})
 
 Progress = Callable[[str], None]
+# Each records a running child's process group, for ending it after a crash:
+# the sync's main line of work, and the fetch that runs beside it.
+_PID_FILES = ("child.pid", "fetch.pid")
 _WORKSPACE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,49}")
 
 
@@ -302,7 +306,8 @@ class SyncService:
         # Present at the start only if the previous run never finished (the
         # process was killed): its children and lock files may be left over.
         crashed = running.exists()
-        end_orphan(root / "child.pid", root)
+        for pid_file in _PID_FILES:
+            end_orphan(root / pid_file, root)
         running.touch()
         try:
             return self._sync_marked(job, root, deadline, report, crashed)
@@ -314,7 +319,7 @@ class SyncService:
         self, job: SyncJob, root: Path, deadline: Deadline, report: Progress, crashed: bool
     ) -> SyncResult:
         redactor = job.redactor()
-        pid_file = root / "child.pid"
+        pid_file = root / _PID_FILES[0]
 
         repo = GitRepo(
             settings=self.settings,
@@ -353,12 +358,18 @@ class SyncService:
             what="the Windmill pull",
             on_retry=self.on_retry,
         )
-        with repo.credentials(), ThreadPoolExecutor(1, thread_name_prefix="wgs-fetch") as pool:
-            # Ask the remote for its tip (a network round trip) while the
-            # export is checked and counted (the disk): only now that the pull
-            # has proved the request's Windmill token, and with no other child
-            # running meanwhile (they share the pid file).
-            first_tip = pool.submit(self._fetch_tip_retrying, repo, deadline)
+        # The remote is asked for its tip (a network round trip) while the
+        # export is checked and the commit prepared on the tip we expect (the
+        # disk); only now that the pull has proved the request's Windmill
+        # token. The fetch has its own pid file: two children run at once.
+        fetcher = dataclasses.replace(repo, pid_file=root / _PID_FILES[1])
+        expected_base = repo.rev_parse(repo.local_ref)
+        with (
+            repo.credentials(),
+            fetcher.credentials(),
+            ThreadPoolExecutor(1, thread_name_prefix="wgs-fetch") as pool,
+        ):
+            first_tip = pool.submit(self._fetch_tip_retrying, fetcher, deadline)
             export = mirror.scan_export(export_dir)
             readme_text = readme.render(
                 job.workspace,
@@ -368,11 +379,12 @@ class SyncService:
             )
             try:
                 return self._commit_and_push(
-                    job, repo, export, readme_text, deadline, report, first_tip
+                    job, repo, export, readme_text, deadline, report, (first_tip, expected_base)
                 )
             except (GitError, CommandError) as exc:
                 if not is_corruption(exc):
                     raise
+                futures.wait([first_tip])  # no repair under a running fetch
                 # A damaged copy (a power loss, a full disk) with no crash
                 # marker to say so: repair it (moving it aside if fsck fails,
                 # to be rebuilt from the remote) and try once more.
@@ -392,7 +404,7 @@ class SyncService:
         readme_text: str,
         deadline: Deadline,
         report: Progress,
-        first_tip: Future[str | None] | None = None,
+        early_fetch: tuple[Future[str | None], str | None] | None = None,
     ) -> SyncResult:
         policy = self.settings.retry_policy
         done = functools.partial(
@@ -405,16 +417,26 @@ class SyncService:
         )
         for attempt in range(1, PUSH_ATTEMPTS + 1):
             report("fetching")
-            if attempt == 1 and first_tip is not None:
+            prepared = False
+            if attempt == 1 and early_fetch is not None:
+                first_tip, expected_base = early_fetch
+                # Usually the base is our last commit, pushed: prepare the tree
+                # on it while the remote answers, and again if it is not.
+                try:
+                    tree = self._prepare_tree(job, repo, expected_base, export, readme_text)
+                    prepared = True
+                except (GitError, CommandError) as exc:
+                    # Objects the fetch is bringing back, say; done again below.
+                    log.info("preparing the commit before the fetch failed: %s", exc)
                 tip = first_tip.result()
+                base = self._choose_base(repo, tip)
+                prepared = prepared and base == expected_base
             else:
                 tip = self._fetch_tip_retrying(repo, deadline)
-            base = self._choose_base(repo, tip)
+                base = self._choose_base(repo, tip)
             report("committing")
-            repo.checkout_tree(base)
-            mirror.mirror(export, repo.work_tree, job.path_prefix)
-            readme.place(repo.work_tree, job.path_prefix, readme_text)
-            tree = repo.stage_all()
+            if not prepared:
+                tree = self._prepare_tree(job, repo, base, export, readme_text)
             base_tree = repo.tree_of(base)
             commits: list[CommitInfo] = []
             if base is not None and tree == base_tree:
@@ -466,6 +488,16 @@ class SyncService:
             "sync",
             transient=True,
         )
+
+    @staticmethod
+    def _prepare_tree(
+        job: SyncJob, repo: GitRepo, base: str | None, export: dict[str, str], readme_text: str
+    ) -> str:
+        """The tree of ``base`` with the export (and README) in place; staged."""
+        repo.checkout_tree(base)
+        mirror.mirror(export, repo.work_tree, job.path_prefix)
+        readme.place(repo.work_tree, job.path_prefix, readme_text)
+        return repo.stage_all()
 
     @staticmethod
     def _item_changes(changes: list[Change], prefix: str) -> list[ItemChange]:
