@@ -38,8 +38,7 @@ def is_managed(rel: str) -> bool:
 
 
 def scan_export(root: Path, *, max_files: int = 200_000) -> dict[str, str]:
-    """All files of an export (relative path -> absolute path), refusing anything that is
-    not a plain file in a managed place."""
+    """Files of an export (relative -> absolute path); refuses all but managed plain files."""
     # os.scandir and plain strings: a sync walks thousands of files, and
     # pathlib's per-path parsing was most of this function's time.
     files: dict[str, str] = {}
@@ -100,8 +99,7 @@ def mirror(export: Mapping[str, str], work_tree: Path, prefix: str = "") -> None
         if parent not in checked:
             _ensure_real_dirs(root, PurePosixPath(parent))
             checked.update(str(p) for p in PurePosixPath(rel).parents)
-        with open(source, "rb") as fh:
-            _write_if_different(os.path.join(root, rel), fh.read())
+        _write_if_different(os.path.join(root, rel), _read(source))
 
 
 def write_file(root: Path, rel: str, data: bytes) -> None:
