@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import files_under
 from windmill_git_sync.errors import UnsafeExportError
 from windmill_git_sync.mirror import mirror, scan_export, write_file
 
@@ -17,14 +18,6 @@ def make(root: Path, files: dict[str, bytes]) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return root
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in root.rglob("*")
-        if p.is_file() and not p.is_symlink()
-    }
 
 
 EXPORT = {
@@ -96,7 +89,7 @@ def test_mirror_makes_managed_files_the_export_and_leaves_the_rest(tmp_path: Pat
 
     mirror(scan_export(export), work)
 
-    assert tree(work) == {
+    assert files_under(work) == {
         **EXPORT,
         "README.md": b"a person's notes\n",
         ".github/workflows/ci.yml": b"on: push\n",
@@ -132,9 +125,9 @@ def test_mirror_replaces_links_and_wrong_kinds_without_following_them(tmp_path: 
 
     mirror(scan_export(export), work)
 
-    assert tree(work) == EXPORT
+    assert files_under(work) == EXPORT
     assert not any(p.is_symlink() for p in work.rglob("*"))
-    assert tree(outside) == {"secret.txt": b"untouched\n", "dir/keep": b"k\n"}
+    assert files_under(outside) == {"secret.txt": b"untouched\n", "dir/keep": b"k\n"}
 
 
 def test_mirror_under_a_prefix_touches_only_the_prefix(tmp_path: Path) -> None:
@@ -143,7 +136,7 @@ def test_mirror_under_a_prefix_touches_only_the_prefix(tmp_path: Path) -> None:
 
     mirror(scan_export(export), work, "teams/alpha")
 
-    assert tree(work) == {
+    assert files_under(work) == {
         "f/root.py": b"another workspace's file\n",
         **{f"teams/alpha/{rel}": data for rel, data in EXPORT.items()},
     }

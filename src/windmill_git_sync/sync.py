@@ -61,7 +61,8 @@ _GENERATED = frozenset({"wmill.yaml", "wmill-lock.yaml"})
 Progress = Callable[[str], None]
 # Each records a running child's process group, for ending it after a crash:
 # the sync's main line of work, and the fetch that runs beside it.
-_PID_FILES = ("child.pid", "fetch.pid")
+_MAIN_PID_FILE = "child.pid"
+_FETCH_PID_FILE = "fetch.pid"
 _WORKSPACE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,49}")
 
 
@@ -306,7 +307,7 @@ class SyncService:
         # Present at the start only if the previous run never finished (the
         # process was killed): its children and lock files may be left over.
         crashed = running.exists()
-        for pid_file in _PID_FILES:
+        for pid_file in (_MAIN_PID_FILE, _FETCH_PID_FILE):
             end_orphan(root / pid_file, root)
         running.touch()
         try:
@@ -319,7 +320,7 @@ class SyncService:
         self, job: SyncJob, root: Path, deadline: Deadline, report: Progress, crashed: bool
     ) -> SyncResult:
         redactor = job.redactor()
-        pid_file = root / _PID_FILES[0]
+        pid_file = root / _MAIN_PID_FILE
 
         repo = GitRepo(
             settings=self.settings,
@@ -362,7 +363,7 @@ class SyncService:
         # export is checked and the commit prepared on the tip we expect (the
         # disk); only now that the pull has proved the request's Windmill
         # token. The fetch has its own pid file: two children run at once.
-        fetcher = dataclasses.replace(repo, pid_file=root / _PID_FILES[1])
+        fetcher = dataclasses.replace(repo, pid_file=root / _FETCH_PID_FILE)
         expected_base = repo.rev_parse(repo.local_ref)
         with (
             repo.credentials(),
