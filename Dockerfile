@@ -95,8 +95,8 @@ RUN --mount=type=secret,id=extra_ca,required=false --mount=type=tmpfs,target=/tm
     python3 -m venv /opt/venv; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-input \
         --index-url "$PIP_INDEX_URL" --require-hashes -r /src/requirements/runtime.txt
-COPY pyproject.toml README.md /src/
-COPY src /src/src
+COPY pyproject.toml setup.cfg README.md /src/
+COPY gitsync /src/gitsync
 # The project itself is built offline, by Debian's setuptools.
 RUN --mount=type=tmpfs,target=/tmp \
     set -eux; \
@@ -105,7 +105,7 @@ RUN --mount=type=tmpfs,target=/tmp \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-input \
         --no-index --no-deps /tmp/dist/*.whl; \
     /opt/venv/bin/pip uninstall --yes --quiet pip setuptools; \
-    /opt/venv/bin/python -c 'import windmill_git_sync.app'
+    /opt/venv/bin/python -c 'import gitsync.web.app'
 
 # --- Runtime --------------------------------------------------------------------
 FROM runtime-base

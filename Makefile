@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 export WMILL_CLI ?= $(CURDIR)/node_modules/windmill-cli/esm/main.js
 export DATA_DIR  ?= $(CURDIR)/data
 
@@ -21,14 +22,16 @@ test-system-deps: system-deps
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.runtime-installed: requirements/runtime.txt pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements/runtime.txt
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
-	  || $(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
+# The build tools come from their own lock first, so the editable install of
+# the package is one step that builds offline and prints nothing alarming.
+$(VENV)/.runtime-installed: requirements/build.txt requirements/runtime.txt setup.cfg pyproject.toml | $(BIN)/python
+	$(PIP) --require-hashes -r requirements/build.txt
+	$(PIP) --require-hashes -r requirements/runtime.txt
+	$(PIP) --no-deps --no-build-isolation -e .
 	touch $@
 
 $(VENV)/.dev-installed: requirements/dev.txt $(VENV)/.runtime-installed
-	$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes -r requirements/dev.txt
+	$(PIP) --require-hashes -r requirements/dev.txt
 	touch $@
 
 node_modules/.installed: package.json package-lock.json
@@ -47,8 +50,8 @@ test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check gitsync tests bench
+	$(BIN)/ruff format --check gitsync tests bench
 
 typecheck: install-dev
 	$(BIN)/mypy
@@ -56,10 +59,12 @@ typecheck: install-dev
 bench: install-dev
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-# Regenerates the Python lock files (needs `uv`); commit the result.
+# Regenerates the Python lock files from setup.cfg (needs `uv`); commit the result.
+LOCK := uv pip compile --quiet --generate-hashes --python-version 3.11
 lock:
-	cd requirements && uv pip compile --quiet --generate-hashes --python-version 3.11 -o runtime.txt ../pyproject.toml
-	cd requirements && uv pip compile --quiet --generate-hashes --python-version 3.11 --extra test --extra dev -o dev.txt ../pyproject.toml
+	cd requirements && $(LOCK) -o build.txt build.in
+	cd requirements && $(LOCK) -o runtime.txt ../setup.cfg
+	cd requirements && $(LOCK) --extra test --extra dev -o dev.txt ../setup.cfg
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -26,12 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gitsync.config import Settings
+from gitsync.deadline import Deadline
+from gitsync.secrets import Redactor, Secret
+from gitsync.windmill.wmill import Scope, WmillCli
 from tests.servers.service_process import WMILL_CLI
 from tests.servers.windmill_emulator import ExportOptions
-from windmill_git_sync.config import Settings
-from windmill_git_sync.deadline import Deadline
-from windmill_git_sync.secrets import Redactor, Secret
-from windmill_git_sync.wmill import Scope, WmillCli
 
 from .harness import WINDMILL_TOKEN, Run, Servers, run_command
 from .history import build_history

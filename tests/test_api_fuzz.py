@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from windmill_git_sync.app import create_app
-from windmill_git_sync.config import Settings
+from gitsync.config import Settings
+from gitsync.web.app import create_app
 
 # Contract 500s: the sync ran and failed for a reason it names.
 SYNC_FAILURE_CODES = {
@@ -46,7 +46,7 @@ def app(windmill, tmp_path_factory: pytest.TempPathFactory) -> Any:
     )
 
 
-OPENAPI = Path(__file__).parents[1] / "src" / "windmill_git_sync" / "openapi.json"
+OPENAPI = Path(__file__).parents[1] / "gitsync" / "web" / "openapi.json"
 schema = schemathesis.openapi.from_path(OPENAPI)
 STATUSES: set[int] = set()
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from windmill_git_sync.config import Settings
-from windmill_git_sync.errors import ConfigError
+from gitsync.config import Settings
+from gitsync.errors import ConfigError
 
 
 def test_defaults_follow_the_contract() -> None:

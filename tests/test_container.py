@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from gitsync.windmill.wmill import Scope
 from tests.conftest import GIT_TOKEN, WINDMILL_TOKEN, files_under, made, new_target, plain_pull
 from tests.container.engine import Docker, Unavailable, base_image, cannot_run, engine, inspect
 from tests.container.image import IMAGE_TAG, LOCAL_CA_DIR, REPO_ROOT, build, extra_ca_bundle
@@ -39,7 +40,6 @@ from tests.container.service import UID, ContainerService, compose_run_flags, co
 from tests.servers.git_server import GitHttpServer
 from tests.servers.proc_scan import needles_for, scan_tree
 from tests.servers.windmill_emulator import WindmillEmulator
-from windmill_git_sync.wmill import Scope
 
 # The first test pays for a cold start: installing docker.io, debootstrap and a
 # full image build (several minutes on 2 cores); later tests take seconds.

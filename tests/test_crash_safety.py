@@ -36,11 +36,11 @@ from typing import Any, TypeVar
 import pytest
 import requests
 
+from gitsync.windmill.wmill import Scope
 from tests.conftest import Target, files_under, made, new_target, plain_pull
 from tests.servers.git_server import GitHttpServer, git_env
 from tests.servers.service_process import ServiceProcess
 from tests.servers.windmill_emulator import WindmillEmulator
-from windmill_git_sync.wmill import Scope
 
 T = TypeVar("T")
 

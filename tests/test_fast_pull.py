@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
+from gitsync.config import Settings
+from gitsync.deadline import Deadline
+from gitsync.secrets import Redactor, Secret
+from gitsync.windmill import fast_pull, wmill
+from gitsync.windmill.wmill import Scope, WmillCli
 from tests.conftest import WINDMILL_TOKEN, files_under
 from tests.servers.service_process import WMILL_CLI
 from tests.servers.windmill_emulator import WindmillEmulator, Workspace
-from windmill_git_sync import fast_pull, wmill
-from windmill_git_sync.config import Settings
-from windmill_git_sync.deadline import Deadline
-from windmill_git_sync.secrets import Redactor, Secret
-from windmill_git_sync.wmill import Scope, WmillCli
 
 # Every kind the backup handles, secrets (as ciphertext) included; settings are
 # left out because the service scrubs them after the pull (tested elsewhere).

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
+from gitsync.windmill.wmill import Scope
 from tests import conftest
 from tests.conftest import Target, files_under, made, new_target, plain_pull
 from tests.servers.git_server import GitHttpServer
 from tests.servers.service_process import ServiceProcess
 from tests.servers.windmill_emulator import WindmillEmulator
-from windmill_git_sync.wmill import Scope
 
 
 def start_service(

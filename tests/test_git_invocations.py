@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from gitsync.config import Settings
+from gitsync.sync.service import SyncService
+from gitsync.web.requests import parse_sync_request
 from tests.conftest import GIT_TOKEN, WINDMILL_TOKEN, Target
-from windmill_git_sync.config import Settings
-from windmill_git_sync.sync import SyncService
-from windmill_git_sync.sync_request import parse_sync_request
 
 WRAPPER = """#!/usr/bin/env python3
 import json, os, sys

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import trustme
 
+from gitsync.config import Settings
+from gitsync.deadline import Deadline
+from gitsync.errors import GitError
+from gitsync.git.repo import GitRepo
+from gitsync.secrets import Redactor, Secret
+from gitsync.windmill.wmill import Scope
 from tests.conftest import GIT_TOKEN, Target, files_under, plain_pull
 from tests.servers.git_server import GitHttpServer, Symlink
 from tests.servers.service_process import ServiceProcess
-from windmill_git_sync.config import Settings
-from windmill_git_sync.deadline import Deadline
-from windmill_git_sync.errors import GitError
-from windmill_git_sync.git import GitRepo
-from windmill_git_sync.secrets import Redactor, Secret
-from windmill_git_sync.wmill import Scope
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from gitsync.errors import UnsafeExportError
+from gitsync.windmill.mirror import mirror, scan_export, write_file
 from tests.conftest import files_under
-from windmill_git_sync.errors import UnsafeExportError
-from windmill_git_sync.mirror import mirror, scan_export, write_file
 
 
 def make(root: Path, files: dict[str, bytes]) -> Path:

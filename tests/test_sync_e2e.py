@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from gitsync.windmill.wmill import Scope
 from tests.conftest import (
     CLI,
     GIT_TOKEN,
@@ -19,7 +20,6 @@ from tests.conftest import (
     plain_pull,
 )
 from tests.servers.service_process import ServiceProcess
-from windmill_git_sync.wmill import Scope
 
 
 def test_health(service: ServiceProcess) -> None:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from windmill_git_sync.errors import RequestError
-from windmill_git_sync.sync_request import canonical_remote_url, is_valid_branch, parse_sync_request
+from gitsync.errors import RequestError
+from gitsync.web.requests import canonical_remote_url, is_valid_branch, parse_sync_request
 
 TOKEN = "ghp_abcdefghijklmnop0123456789"
 BASE = {

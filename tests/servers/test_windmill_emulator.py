@@ -40,7 +40,7 @@ TOKEN = "wm_emu_tok_3f9a1c2b7d"
 LIMITED_TOKEN = "wm_emu_limited_8e7d6c"
 CLI_TIMEOUT = 120
 
-# The wmill.yaml the service writes (tests/..., src/windmill_git_sync/wmill.py).
+# The wmill.yaml the service writes (tests/..., gitsync/windmill/wmill.py).
 SERVICE_WMILL_YAML = """\
 defaultTs: bun
 includes:

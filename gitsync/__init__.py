@@ -1,0 +1,7 @@
+"""windmill-git-sync: back up Windmill workspaces to any Git host over HTTPS.
+
+Imports flow one way: ``web`` (HTTP) -> ``sync`` (the sync, restore, jobs)
+-> ``git`` and ``windmill`` (the two sides a sync joins) -> the shared core
+at this level (``config``, ``errors``, ``secrets``, ``deadline``, ``retry``);
+``ops`` (metrics, alerts, logs, readiness) is used by ``web`` and ``sync``.
+"""

@@ -1,0 +1,175 @@
+"""``windmill-git-sync``: run the service, or one sync, restore or history query.
+
+Secrets are read from the environment (WINDMILL_TOKEN, GIT_TOKEN) or, with
+``--secrets-from-stdin``, from a JSON object on standard input; never from
+argv, which every local user can read in ``ps``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+from typing import Any
+
+from gitsync.config import Settings
+from gitsync.errors import ConfigError, RequestError, WindmillGitSyncError
+from gitsync.ops import logs
+from gitsync.sync.history import item_history
+from gitsync.sync.restore import RestoreService
+from gitsync.sync.service import SyncService, success_message
+from gitsync.web.requests import parse_history_query, parse_restore_request, parse_sync_request
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="windmill-git-sync", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the HTTP service (POST /sync, /restore, ...)")
+
+    sync = commands.add_parser("sync", help="back up one workspace now and exit")
+    _target_options(sync)
+    sync.add_argument("--git-user-name")
+    sync.add_argument("--git-user-email")
+    sync.add_argument(
+        "--allow-mass-deletion",
+        action="store_true",
+        default=None,
+        help="accept a pull that deletes most of the backup",
+    )
+
+    restore = commands.add_parser("restore", help="restore a backup into a workspace")
+    _target_options(restore)
+    restore.add_argument("--git-ref", help="branch, tag or commit (default: --git-branch)")
+    restore.add_argument(
+        "--include",
+        dest="includes",
+        action="append",
+        help="restore only items matching this pattern (repeatable)",
+    )
+    restore.add_argument(
+        "--apply", action="store_true", default=None, help="apply the changes (default: dry run)"
+    )
+    restore.add_argument("--allow-deletions", action="store_true", default=None)
+    restore.add_argument("--allow-mass-deletion", action="store_true", default=None)
+
+    history = commands.add_parser("history", help="backup commits that touched an item")
+    history.add_argument("--workspace", required=True)
+    history.add_argument("--git-remote-url", required=True)
+    history.add_argument("--git-branch", default="main")
+    history.add_argument("--path-prefix", default="")
+    history.add_argument("--path", required=True, help="item path, e.g. f/team/my_flow")
+
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_mapping(os.environ)
+    except ConfigError as exc:
+        print(f"windmill-git-sync: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(settings.log_level, settings.log_format)
+    # A core dump of a process holding tokens must never reach a disk.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    problem = _data_dir_problem(settings)
+    if problem:
+        print(f"windmill-git-sync: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+
+    if args.command == "serve":
+        from gitsync.web.server import serve
+
+        serve(settings)
+        return EXIT_OK
+    try:
+        return _one_shot(settings, args)
+    except WindmillGitSyncError as exc:
+        print(
+            json.dumps(
+                {"success": False, "error": exc.code, "message": exc.message, **exc.response_extra}
+            )
+        )
+        return EXIT_USAGE if exc.http_status < 500 and exc.http_status != 409 else EXIT_FAILED
+
+
+def _data_dir_problem(settings: Settings) -> str | None:
+    """Say plainly when DATA_DIR cannot be used (the usual Docker volume mistake)."""
+    try:
+        SyncService(settings).prepare_data_dir()
+        with tempfile.NamedTemporaryFile(dir=settings.data_dir, prefix=".write-test-"):
+            return None
+    except OSError as exc:
+        return (
+            f"DATA_DIR {settings.data_dir} is not writable by uid {os.getuid()} "
+            f"({exc.strerror}); give it to that user, e.g. chown {os.getuid()} <host dir>"
+        )
+
+
+def _target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workspace")
+    parser.add_argument("--git-remote-url")
+    parser.add_argument("--git-branch")
+    parser.add_argument("--git-username")
+    parser.add_argument("--path-prefix")
+    parser.add_argument(
+        "--secrets-from-stdin",
+        action="store_true",
+        help='read {"windmill_token": ..., "git_token": ...} from standard input',
+    )
+
+
+def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
+    if args.command == "history":
+        query = parse_history_query(
+            {
+                "workspace": args.workspace,
+                "git_remote_url": args.git_remote_url,
+                "git_branch": args.git_branch,
+                "path_prefix": args.path_prefix,
+                "path": args.path,
+            }
+        )
+        commits = item_history(settings, query)
+        print(json.dumps({"success": True, "path": query.item_path, "commits": commits}, indent=2))
+        return EXIT_OK
+    body = _body_with_secrets(args)
+    if args.command == "sync":
+        service = SyncService(settings)
+        service.prepare_data_dir()
+        result = service.sync(parse_sync_request(body).to_job())
+        output: dict[str, Any] = {
+            "success": True,
+            "message": success_message(result),
+            **result.to_dict(),
+        }
+    else:
+        restored = RestoreService(settings).restore(parse_restore_request(body).to_job())
+        output = {"success": True, **restored.to_dict()}
+    print(json.dumps(output, indent=2))
+    return EXIT_OK
+
+
+def _body_with_secrets(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if args.secrets_from_stdin:
+        try:
+            secrets = json.loads(sys.stdin.read() or "{}")
+        except json.JSONDecodeError:
+            secrets = None
+        if not isinstance(secrets, dict):
+            raise RequestError("standard input is not a JSON object")
+        body.update({k: secrets[k] for k in ("windmill_token", "git_token") if k in secrets})
+    for env_key, field in (("WINDMILL_TOKEN", "windmill_token"), ("GIT_TOKEN", "git_token")):
+        if field not in body and os.environ.get(env_key):
+            body[field] = os.environ[env_key]
+    skip = {"command", "secrets_from_stdin"}
+    for field, value in vars(args).items():
+        if field not in skip and value is not None:
+            body[field] = value
+    return body
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Running syncs: a bounded queue, per-target lanes, coalescing, a job record each.
+
+Windmill can fire many syncs in a few seconds (one per deploy). Requests for
+a target run one at a time in that target's lane; a request identical to
+one already waiting in the lane joins it instead of queueing another run,
+so every caller still gets the result of a run that started after its
+request arrived. Different targets run in parallel up to
+MAX_CONCURRENT_SYNCS; beyond MAX_QUEUED_SYNCS waiting runs, callers are told
+to come back later (503 with Retry-After).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from gitsync.config import Settings
+from gitsync.errors import Busy, MassDeletionRefused, ShuttingDown, WindmillGitSyncError
+from gitsync.ops.alerts import AlertSender
+from gitsync.ops.metrics import Metrics, target_label
+from gitsync.sync.jobs import JobStore
+from gitsync.sync.service import SyncJob, SyncResult, SyncService
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 30
+
+
+@dataclass(eq=False)
+class Run:
+    job_id: str
+    key: str
+    fingerprint: str
+    job: SyncJob
+    future: Future[SyncResult] = field(default_factory=Future)
+    started: bool = False
+
+
+@dataclass
+class _Lane:
+    current: Run | None = None  # submitted to the pool (maybe not started yet)
+    waiting: list[Run] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Ticket:
+    run: Run
+    coalesced: bool
+
+    @property
+    def job_id(self) -> str:
+        return self.run.job_id
+
+
+class SyncRunner:
+    def __init__(
+        self,
+        service: SyncService,
+        store: JobStore,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        alerts: AlertSender | None = None,
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.alerts = alerts
+        service.on_retry = lambda step: self.metrics.retries.labels(step).inc()
+        self._pool = ThreadPoolExecutor(settings.max_concurrent_syncs, thread_name_prefix="sync")
+        self._lock = threading.Lock()
+        self._lanes: dict[str, _Lane] = {}
+        self._not_started = 0
+        self._in_flight = 0
+        self._closing = False
+
+    @property
+    def queue_depth(self) -> int:
+        return self._not_started
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def submit(self, job: SyncJob) -> Ticket:
+        key = self.service.key_for(job)
+        fingerprint = job.fingerprint()
+        with self._lock:
+            if self._closing:
+                raise ShuttingDown(
+                    "The service is shutting down; retry shortly", RETRY_AFTER_SECONDS
+                )
+            lane = self._lanes.setdefault(key, _Lane())
+            for run in [lane.current, *lane.waiting]:
+                if run is not None and not run.started and run.fingerprint == fingerprint:
+                    self.store.add_request(run.job_id)
+                    return Ticket(run, coalesced=True)
+            if self._not_started >= self.settings.max_queued_syncs:
+                raise Busy(
+                    f"Too many syncs waiting ({self._not_started}); retry in "
+                    f"{RETRY_AFTER_SECONDS} s",
+                    RETRY_AFTER_SECONDS,
+                )
+            run = Run(uuid.uuid4().hex, key, fingerprint, job)
+            self.store.create(
+                run.job_id,
+                target=key,
+                workspace=job.workspace,
+                remote=job.remote_url,
+                branch=job.branch,
+            )
+            self._not_started += 1
+            self.metrics.queue_depth.set(self._not_started)
+            if lane.current is None:
+                lane.current = run
+                self._pool.submit(self._execute, run)
+            else:
+                lane.waiting.append(run)
+            return Ticket(run, coalesced=False)
+
+    def _execute(self, run: Run) -> None:
+        with self._lock:
+            if run.future.done():  # cancelled by shutdown()
+                return
+            run.started = True
+            self._not_started -= 1
+            self._in_flight += 1
+            self.metrics.queue_depth.set(self._not_started)
+            self.metrics.in_flight.set(self._in_flight)
+        started = time.monotonic()
+        self.store.update(run.job_id, state="running", started_at=time.time())
+        try:
+            result = self.service.sync(
+                run.job, progress=lambda phase: self.store.update(run.job_id, phase=phase)
+            )
+        except WindmillGitSyncError as exc:
+            exc.job_id = run.job_id  # type: ignore[attr-defined]
+            self._report_failure(run, exc, time.monotonic() - started)
+            self.store.update(
+                run.job_id,
+                finished_at=time.time(),
+                phase="done",
+                error=exc.code,
+                state="refused" if isinstance(exc, MassDeletionRefused) else "failed",
+                message=exc.message,
+                attempts=exc.attempts,
+            )
+            run.future.set_exception(exc)
+        except BaseException as exc:
+            # The outermost job boundary: log the traceback, record a failure.
+            log.exception("sync job %s crashed", run.job_id)
+            self.metrics.record(self._label(run), "error", time.monotonic() - started)
+            self.store.update(
+                run.job_id,
+                state="failed",
+                finished_at=time.time(),
+                phase="done",
+                error="internal_error",
+                message="Internal error; see the service log",
+            )
+            run.future.set_exception(exc)
+        else:
+            data = result.to_dict()
+            self.store.update(
+                run.job_id,
+                state="succeeded",
+                finished_at=time.time(),
+                phase="done",
+                changed=int(result.changed),
+                commit_id=result.commit,
+                added=data["added"],
+                modified=data["modified"],
+                deleted=data["deleted"],
+                attempts=result.push_attempts,
+                result_json=json.dumps({"files": data["files"]}),
+            )
+            self._report_success(run, result, data)
+            run.future.set_result(result)
+        finally:
+            self._next_in_lane(run)
+
+    @staticmethod
+    def _label(run: Run) -> str:
+        job = run.job
+        return target_label(job.workspace, job.remote_url, job.branch, job.path_prefix)
+
+    def _report_success(self, run: Run, result: SyncResult, data: dict[str, object]) -> None:
+        outcome = "success" if result.changed else "noop"
+        self.metrics.record(
+            self._label(run),
+            outcome,
+            result.duration_seconds,
+            added=result.count("added"),
+            modified=result.count("modified"),
+            deleted=result.count("deleted"),
+            commits=len(result.commits),
+        )
+        # One rich line per sync (JSON when stdout is not a terminal).
+        log.info(
+            "sync %s",
+            outcome,
+            extra={
+                "event": "sync",
+                "outcome": outcome,
+                "job_id": run.job_id,
+                "target": self._label(run),
+                "duration_seconds": data["duration_seconds"],
+                "commit": result.commit,
+                "added": data["added"],
+                "modified": data["modified"],
+                "deleted": data["deleted"],
+                "commits": len(result.commits),
+            },
+        )
+
+    def _report_failure(self, run: Run, exc: WindmillGitSyncError, seconds: float) -> None:
+        outcome = "refused" if isinstance(exc, MassDeletionRefused) else "error"
+        self.metrics.record(self._label(run), outcome, seconds)
+        log.error(
+            "sync %s: %s",
+            outcome,
+            exc.message,
+            extra={
+                "event": "sync",
+                "outcome": outcome,
+                "job_id": run.job_id,
+                "target": self._label(run),
+                "duration_seconds": round(seconds, 3),
+                "error": exc.code,
+                "attempts": exc.attempts,
+                "detail": exc.detail,
+            },
+        )
+        if self.alerts is not None:
+            job = run.job
+            self.alerts.send(
+                {
+                    "event": "sync_failed",
+                    "workspace": job.workspace,
+                    "remote": job.remote_url,
+                    "branch": job.branch,
+                    "job_id": run.job_id,
+                    "error": exc.code,
+                    "message": f"Backup of workspace '{job.workspace}' to {job.remote_url} "
+                    f"({job.branch}) failed: {exc.message}",
+                }
+            )
+
+    def _next_in_lane(self, finished: Run) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            self.metrics.in_flight.set(self._in_flight)
+            lane = self._lanes[finished.key]
+            lane.current = lane.waiting.pop(0) if lane.waiting else None
+            if lane.current is None:
+                del self._lanes[finished.key]
+            elif not self._closing:
+                self._pool.submit(self._execute, lane.current)
+
+    def shutdown(self) -> None:
+        """Refuse new work, let running syncs finish, end the waiting ones."""
+        with self._lock:
+            self._closing = True
+            waiting = [
+                r
+                for lane in self._lanes.values()
+                for r in [lane.current, *lane.waiting]
+                if r is not None and not r.started
+            ]
+            for run in waiting:
+                self._not_started -= 1
+                self.store.update(
+                    run.job_id,
+                    state="interrupted",
+                    finished_at=time.time(),
+                    error="shutting_down",
+                    message="The service stopped before this sync started",
+                )
+                run.future.set_exception(
+                    ShuttingDown("The service is shutting down; retry shortly", RETRY_AFTER_SECONDS)
+                )
+        self._pool.shutdown(wait=True, cancel_futures=True)

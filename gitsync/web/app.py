@@ -1,0 +1,287 @@
+"""The HTTP layer: a thin Flask app over :class:`SyncService`.
+
+``create_app`` builds everything; nothing happens at import time. Errors are
+mapped to answers in one place (the error handlers below). Requests are
+checked in this order, before any body is parsed: authentication, then the
+body's framing and size, then its JSON, then its fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib.resources
+import json
+import logging
+import re
+import uuid
+from typing import Any
+
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST
+from werkzeug.exceptions import HTTPException
+
+from gitsync.config import Settings
+from gitsync.errors import (
+    BodyTooLarge,
+    Busy,
+    LengthRequired,
+    RequestError,
+    Unauthorized,
+    UnsupportedMediaType,
+    WindmillGitSyncError,
+)
+from gitsync.ops.alerts import AlertSender, Watchdog
+from gitsync.ops.metrics import Metrics
+from gitsync.ops.readiness import Readiness
+from gitsync.sync.history import item_history
+from gitsync.sync.jobs import JobStore
+from gitsync.sync.restore import RestoreService
+from gitsync.sync.runner import SyncRunner
+from gitsync.sync.service import SyncService, success_message
+from gitsync.web import status_page
+from gitsync.web.requests import parse_history_query, parse_restore_request, parse_sync_request
+
+log = logging.getLogger(__name__)
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+# Paths anyone may call even when inbound authentication is on.
+PUBLIC_PATHS = frozenset({"/health", "/ready"})
+
+
+def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    service = service or SyncService(settings)
+    service.prepare_data_dir()
+    store = JobStore(settings.data_dir / "jobs.sqlite3", settings.job_history)
+    interrupted = store.mark_interrupted()
+    if interrupted:
+        log.warning("%d sync job(s) were cut short when the service last stopped", interrupted)
+    metrics = Metrics()
+    alerts = (
+        AlertSender(settings.alert_webhook_url.reveal()) if settings.alert_webhook_url else None
+    )
+    runner = SyncRunner(service, store, settings, metrics, alerts)
+    restorer = RestoreService(settings)
+    readiness = Readiness(settings)
+    if alerts is not None:
+        watchdog = Watchdog(
+            store, alerts, stale_after=settings.stale_after, interval=settings.alert_check_interval
+        )
+        watchdog.start()
+        app.extensions["gitsync.watchdog"] = watchdog
+    app.extensions["windmill_git_sync"] = runner
+    openapi = _load_openapi()
+    if settings.sync_auth_token is None:
+        log.warning(
+            "inbound authentication is off: anyone who can reach this service can "
+            "trigger syncs (set SYNC_AUTH_TOKEN_FILE to require a bearer token)"
+        )
+
+    @app.before_request
+    def check_request() -> None:
+        if request.path not in PUBLIC_PATHS and settings.sync_auth_token is not None:
+            _check_bearer(settings.sync_auth_token.reveal())
+        if request.method in ("POST", "PUT", "PATCH"):
+            _check_body_framing(settings.max_body_bytes)
+
+    @app.get("/health")
+    def health() -> Any:
+        return jsonify(status="healthy")
+
+    @app.get("/ready")
+    def ready() -> Any:
+        problems = readiness.problems()
+        if problems:
+            response = jsonify(status="not ready", problems=problems)
+            response.status_code = 503
+            return response
+        return jsonify(status="ready")
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Any:
+        return Response(metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
+
+    @app.get("/")
+    def status() -> Any:
+        html = status_page.render(store.targets(), settings.stale_after)
+        response = Response(html, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'"
+        )
+        return response
+
+    @app.get("/openapi.json")
+    def openapi_document() -> Any:
+        return Response(openapi, mimetype="application/json")
+
+    @app.post("/sync")
+    def sync() -> Any:
+        req = parse_sync_request(_json_body(), settings.git_allowed_hosts)
+        ticket = runner.submit(req.to_job())
+        if not req.wait or "respond-async" in request.headers.get("Prefer", ""):
+            response = jsonify(
+                success=True,
+                message=f"Sync of workspace '{req.workspace}' queued",
+                job_id=ticket.job_id,
+                coalesced=ticket.coalesced,
+                status_url=f"/jobs/{ticket.job_id}",
+            )
+            response.status_code = 202
+            response.headers["Location"] = f"/jobs/{ticket.job_id}"
+            return response
+        result = ticket.run.future.result()  # the runner logs and counts it
+        return jsonify(
+            success=True,
+            message=success_message(result),
+            job_id=ticket.job_id,
+            coalesced=ticket.coalesced,
+            **result.to_dict(),
+        )
+
+    @app.post("/restore")
+    def restore() -> Any:
+        req = parse_restore_request(_json_body(), settings.git_allowed_hosts)
+        result = restorer.restore(req.to_job())
+        verb = "Restored" if result.applied else "Dry run: would restore"
+        return jsonify(
+            success=True,
+            message=f"{verb} {len(result.changes)} changes into workspace '{result.workspace}' "
+            f"from '{result.git_ref}'",
+            **result.to_dict(),
+        )
+
+    @app.get("/history")
+    def history() -> Any:
+        query = parse_history_query(dict(request.args))
+        commits = item_history(settings, query)
+        return jsonify(
+            success=True, workspace=query.workspace, path=query.item_path, commits=commits
+        )
+
+    @app.get("/jobs/<job_id>")
+    def job(job_id: str) -> Any:
+        record = store.get(job_id) if _JOB_ID.fullmatch(job_id) else None
+        if record is None:
+            return _error(
+                404,
+                "not_found",
+                f"No such job (the history keeps the last {settings.job_history} jobs)",
+            )
+        return jsonify(record)
+
+    @app.get("/jobs")
+    def jobs() -> Any:
+        workspace = request.args.get("workspace")
+        try:
+            limit = min(max(int(request.args.get("limit", "50")), 1), 500)
+        except ValueError:
+            raise RequestError("Invalid limit: must be a number") from None
+        return jsonify(jobs=store.recent(workspace=workspace, limit=limit))
+
+    @app.errorhandler(WindmillGitSyncError)
+    def known_error(exc: WindmillGitSyncError) -> Any:
+        job_id = getattr(exc, "job_id", None)
+        # Sync jobs are logged by the runner; other failures (restores) here.
+        if exc.http_status >= 409 and job_id is None:
+            log.error(
+                "sync failed: %s",
+                exc.message,
+                extra={
+                    "event": "sync",
+                    "outcome": "refused" if exc.http_status < 500 else "error",
+                    "error": exc.code,
+                    "detail": exc.detail,
+                    "job_id": job_id,
+                    "attempts": exc.attempts,
+                },
+            )
+        headers: dict[str, str] = {}
+        if exc.http_status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, Busy):
+            headers["Retry-After"] = str(exc.retry_after)
+        extra: dict[str, Any] = {"attempts": exc.attempts} if exc.attempts > 1 else {}
+        if job_id:
+            extra["job_id"] = job_id
+        extra.update(exc.response_extra)
+        return _error(exc.http_status, exc.code, exc.message, headers, extra)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        code = exc.code or 500
+        if code == 413:
+            return _error(
+                413,
+                BodyTooLarge.code,
+                f"Request body is larger than {settings.max_body_bytes} bytes",
+            )
+        return _error(
+            code,
+            (exc.name or "error").lower().replace(" ", "_"),
+            exc.description or exc.name or "error",
+        )
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Any:
+        # The one catch-all: log the traceback under an id, return only the id.
+        incident = uuid.uuid4().hex[:12]
+        log.exception("unexpected error (incident %s)", incident)
+        return _error(
+            500, "internal_error", f"Internal error (incident {incident}); see the service log"
+        )
+
+    return app
+
+
+def _check_bearer(expected: str) -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, presented = header.partition(" ")
+    # Compare digests so the comparison's length and timing say nothing.
+    ok = scheme.lower() == "bearer" and hmac.compare_digest(
+        hashlib.sha256(presented.strip().encode()).digest(),
+        hashlib.sha256(expected.encode()).digest(),
+    )
+    if not ok:
+        raise Unauthorized("Missing or wrong bearer token (Authorization: Bearer <token>)")
+
+
+def _check_body_framing(limit: int) -> None:
+    # A WSGI server may silently truncate a chunked body at the limit and let
+    # the request through (shared security notes T4): demand a length.
+    if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        raise LengthRequired("Chunked request bodies are not accepted; send Content-Length")
+    length = request.content_length
+    if length is None:
+        raise LengthRequired("Request body needs a Content-Length header")
+    if length > limit:
+        raise BodyTooLarge(f"Request body is larger than {limit} bytes")
+
+
+def _json_body() -> Any:
+    if not request.mimetype or request.mimetype != "application/json":
+        raise UnsupportedMediaType("Request body must be JSON (Content-Type: application/json)")
+    try:
+        return json.loads(request.get_data(cache=False))
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("Request body is not valid JSON") from None
+
+
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Any:
+    response = jsonify(success=False, error=code, message=message, **(extra or {}))
+    response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def _load_openapi() -> str:
+    return (importlib.resources.files(__package__) / "openapi.json").read_text()

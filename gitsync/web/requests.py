@@ -1,0 +1,361 @@
+"""The ``POST /sync`` body: parsed and validated before anything touches disk or network.
+
+Validation is strict (see shared security notes, section c.6): these values
+end up in ``git`` and ``wmill`` invocations. Every rejection names the field
+and the rule, and never echoes the value back (it may be a token).
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from typing import Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from gitsync.errors import RequestError
+from gitsync.git.credentials import default_username
+from gitsync.git.repo import Identity
+from gitsync.secrets import Secret
+from gitsync.sync.history import HistoryQuery
+from gitsync.sync.restore import RestoreJob
+from gitsync.sync.service import SyncJob
+from gitsync.windmill.wmill import Scope
+
+M = TypeVar("M", bound=BaseModel)
+
+# The contract's required fields, in the order the error message lists them.
+REQUIRED_FIELDS = ("windmill_token", "git_remote_url", "git_token")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r"^[\x21-\x7e]{1,512}$")
+_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*$")
+_URL_PATH = re.compile(r"^/[A-Za-z0-9._~/-]+$")
+# Branch names: a strict allow-list, then git's own check-ref-format rules.
+_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
+_WORKSPACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,49}$")
+_EMAIL = re.compile(r"^[^\s<>@]+@[^\s<>@]+$")
+_PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
+_PATTERN = re.compile(r"[A-Za-z0-9._*?/-]{1,200}")
+
+
+def _check_token(value: SecretStr) -> SecretStr:
+    if not _TOKEN.fullmatch(value.get_secret_value()):
+        raise ValueError("must be 1 to 512 printable ASCII characters without spaces")
+    return value
+
+
+def _patterns(value: object) -> object:
+    if isinstance(value, list):
+        if len(value) > 100 or not all(isinstance(p, str) and _PATTERN.fullmatch(p) for p in value):
+            raise ValueError(
+                "must be a list of at most 100 path patterns like 'f/team/**' "
+                "(letters, digits, '.', '_', '-', '/', '*', '?')"
+            )
+        return tuple(value)
+    raise ValueError("must be a list of path patterns")
+
+
+class _TargetRequest(BaseModel):
+    """Fields shared by every request that names a workspace and a repository."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, strict=True)
+
+    windmill_token: SecretStr
+    git_remote_url: str = Field(max_length=2048)
+    git_token: SecretStr
+    workspace: str = "admins"
+    git_branch: str = "main"
+    # Basic-auth username paired with git_token; the default depends on the host.
+    git_username: str | None = None
+    # Accept deleting most of the backup or of the workspace (a brake is on by default).
+    allow_mass_deletion: bool = False
+    # Sub-directory of the repository for this workspace (several per repository).
+    path_prefix: str = ""
+    includes: tuple[str, ...] = ("f/**", "u/**")
+    include_secrets: str = "skip"
+
+    _tokens = field_validator("windmill_token", "git_token")(_check_token)
+    _includes = field_validator("includes", mode="before")(_patterns)
+
+    @property
+    def username(self) -> str:
+        return self.git_username or default_username(self.git_remote_url)
+
+    @field_validator("git_remote_url")
+    @classmethod
+    def _remote_url(cls, value: str, info: ValidationInfo) -> str:
+        url = canonical_remote_url(value)
+        allowed: frozenset[str] = (info.context or {}).get("allowed_hosts", frozenset())
+        if allowed:
+            netloc = urllib.parse.urlsplit(url).netloc
+            if netloc not in allowed and netloc.split(":")[0] not in allowed:
+                raise ValueError("names a host that is not in GIT_ALLOWED_HOSTS")
+        return url
+
+    @field_validator("git_branch")
+    @classmethod
+    def _branch(cls, value: str) -> str:
+        if not is_valid_branch(value):
+            raise ValueError(
+                "must be a plain branch name (letters, digits, '.', '_', '-', '/'; "
+                "not starting with '-', no '..', not 'HEAD', no 'refs/' prefix)"
+            )
+        return value
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _path_prefix(cls, value: str) -> str:
+        value = value.strip("/")
+        if value and (
+            len(value) > 200
+            or not _PREFIX.fullmatch(value)
+            or any(part in (".", "..") or part.lower() == ".git" for part in value.split("/"))
+        ):
+            raise ValueError(
+                "must be a relative directory like 'workspaces/prod' (letters, digits, "
+                "'.', '_', '-', '/'; no '..')"
+            )
+        return value
+
+    @field_validator("include_secrets")
+    @classmethod
+    def _secrets(cls, value: str) -> str:
+        if value == "plain":
+            raise ValueError(
+                "'plain' is refused: secret values are never written in clear; use 'skip' "
+                "or 'encrypted' (Windmill's ciphertext, readable only by that workspace)"
+            )
+        if value not in ("skip", "encrypted"):
+            raise ValueError("must be 'skip' or 'encrypted'")
+        return value
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace(cls, value: str) -> str:
+        if value == "*":  # every workspace the token can see
+            return value
+        if not _WORKSPACE.fullmatch(value):
+            raise ValueError(
+                "must be a Windmill workspace id: letters, digits, '-' and '_', "
+                "at most 50 characters"
+            )
+        return value
+
+    @field_validator("git_username")
+    @classmethod
+    def _username(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9._@+-]{1,100}", value):
+            raise ValueError("must be 1 to 100 letters, digits or '._@+-'")
+        return value
+
+
+class SyncRequest(_TargetRequest):
+    git_user_name: str = "Windmill Git Sync"
+    git_user_email: str = "windmill@example.com"
+    # False: answer 202 with a job id at once instead of waiting for the sync.
+    wait: bool = True
+    # What the backup holds (defaults: the whole workspace, secrets excluded).
+    excludes: tuple[str, ...] = ()
+    include_schedules: bool = True
+    include_triggers: bool = True
+    include_groups: bool = True
+    include_folders: bool = True
+    include_resource_types: bool = True
+    include_users: bool = False
+    include_settings: bool = False
+
+    _excludes = field_validator("excludes", mode="before")(_patterns)
+
+    def to_job(self) -> SyncJob:
+        return SyncJob(
+            workspace=self.workspace,
+            remote_url=self.git_remote_url,
+            branch=self.git_branch,
+            windmill_token=Secret(self.windmill_token.get_secret_value()),
+            git_token=Secret(self.git_token.get_secret_value()),
+            author=Identity(self.git_user_name, self.git_user_email),
+            git_username=self.git_username,
+            allow_mass_deletion=self.allow_mass_deletion,
+            path_prefix=self.path_prefix,
+            scope=Scope(
+                includes=self.includes,
+                excludes=self.excludes,
+                include_schedules=self.include_schedules,
+                include_triggers=self.include_triggers,
+                include_groups=self.include_groups,
+                include_folders=self.include_folders,
+                include_resource_types=self.include_resource_types,
+                include_users=self.include_users,
+                include_settings=self.include_settings,
+                secrets=self.include_secrets,
+            ),
+        )
+
+    @field_validator("git_user_name")
+    @classmethod
+    def _user_name(cls, value: str) -> str:
+        if not 1 <= len(value) <= 100 or _CONTROL.search(value) or set("<>") & set(value):
+            raise ValueError("must be 1 to 100 characters without control characters or '<', '>'")
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("git_user_email")
+    @classmethod
+    def _user_email(cls, value: str) -> str:
+        if len(value) > 254 or _CONTROL.search(value) or not _EMAIL.fullmatch(value):
+            raise ValueError("must be an email address like name@example.com")
+        return value
+
+
+class RestoreRequest(_TargetRequest):
+    # The target is never implied: restoring into the wrong workspace is costly.
+    workspace: str
+    # Branch, tag or commit id; default the branch the backups go to.
+    git_ref: str | None = None
+    apply: bool = False
+    allow_deletions: bool = False
+
+    @field_validator("git_ref")
+    @classmethod
+    def _git_ref(cls, value: str | None) -> str | None:
+        if value is not None and not (
+            re.fullmatch(r"[0-9a-f]{7,40}", value) or is_valid_branch(value)
+        ):
+            raise ValueError("must be a branch, a tag or a commit id")
+        return value
+
+    def to_job(self) -> RestoreJob:
+        if self.workspace == "*":
+            raise RequestError("Invalid workspace: a restore needs one target workspace, not '*'")
+        return RestoreJob(
+            workspace=self.workspace,
+            remote_url=self.git_remote_url,
+            git_ref=self.git_ref or self.git_branch,
+            windmill_token=Secret(self.windmill_token.get_secret_value()),
+            git_token=Secret(self.git_token.get_secret_value()),
+            git_username=self.username,
+            path_prefix=self.path_prefix,
+            includes=self.includes,
+            include_secrets=self.include_secrets,
+            apply=self.apply,
+            allow_deletions=self.allow_deletions,
+            allow_mass_deletion=self.allow_mass_deletion,
+        )
+
+
+def canonical_remote_url(value: str) -> str:
+    """Check an HTTPS remote URL; return it canonical (lower-case host, no trailing slash)."""
+    if not value or value.startswith("-") or _CONTROL.search(value) or re.search(r"\s", value):
+        raise ValueError("must be an https:// URL without spaces or control characters")
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme.lower() != "https":
+        raise ValueError("must be an https:// URL (other transports are not allowed)")
+    if "@" in parts.netloc:
+        raise ValueError("must not contain credentials; send the token in git_token")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValueError("must not contain a query string or fragment")
+    host = (parts.hostname or "").lower()
+    if not _HOST.fullmatch(host):
+        raise ValueError("must name a valid host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    path = parts.path.rstrip("/")
+    if not _URL_PATH.fullmatch(path) or ".." in path or "//" in path:
+        raise ValueError("must have a repository path of letters, digits and '._~/-'")
+    netloc = host if port in (None, 443) else f"{host}:{port}"
+    return f"https://{netloc}{path}"
+
+
+def is_valid_branch(name: str) -> bool:
+    """git check-ref-format --branch, narrowed to an allow-list (security notes T17)."""
+    if not _BRANCH.fullmatch(name) or name in ("HEAD", "@") or name.startswith("refs/"):
+        return False
+    if ".." in name or "//" in name or "@{" in name or name.endswith(("/", ".")):
+        return False
+    return not any(part.startswith(".") or part.endswith(".lock") for part in name.split("/"))
+
+
+def parse_sync_request(body: Any, allowed_hosts: frozenset[str] = frozenset()) -> SyncRequest:
+    """Validate a decoded JSON body; raise :class:`RequestError` with a user-facing message."""
+    return _parse(SyncRequest, REQUIRED_FIELDS, body, allowed_hosts)
+
+
+def parse_restore_request(body: Any, allowed_hosts: frozenset[str] = frozenset()) -> RestoreRequest:
+    return _parse(RestoreRequest, (*REQUIRED_FIELDS, "workspace"), body, allowed_hosts)
+
+
+def _parse(
+    model: type[M], required: tuple[str, ...], body: Any, allowed_hosts: frozenset[str]
+) -> M:
+    if not isinstance(body, dict):
+        raise RequestError("Request body must be a JSON object")
+    missing = [f for f in required if body.get(f) in (None, "")]
+    if missing:
+        raise RequestError("Missing required fields: " + ", ".join(missing))
+    try:
+        return model.model_validate(body, context={"allowed_hosts": allowed_hosts})
+    except ValidationError as exc:
+        raise RequestError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Field names and rules only: pydantic's own text can echo a token."""
+    problems: list[str] = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(p) for p in error["loc"]) or "body"
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            problems.append(f"Unknown field: {field}")
+        elif kind == "missing":
+            problems.append(f"Missing required field: {field}")
+        elif kind == "value_error":
+            problems.append(f"Invalid {field}: {error['ctx']['error']}")
+        elif kind.startswith("string") and "too_long" in kind:
+            problems.append(f"Invalid {field}: too long")
+        elif kind in ("string_type", "bool_type", "int_type", "list_type", "dict_type"):
+            problems.append(f"Invalid {field}: must be a {kind.removesuffix('_type')}")
+        else:
+            problems.append(f"Invalid {field}")
+    return "; ".join(problems)
+
+
+_ITEM_PATH = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_.@/-]{0,299}")
+
+
+def parse_history_query(args: dict[str, str]) -> HistoryQuery:
+    """The query of GET /history (and the history command), every problem reported at once."""
+    problems = []
+    missing = [k for k in ("workspace", "git_remote_url", "path") if not args.get(k)]
+    if missing:
+        raise RequestError("Missing required fields: " + ", ".join(missing))
+    try:
+        remote = canonical_remote_url(args["git_remote_url"])
+    except ValueError as exc:
+        problems.append(f"Invalid git_remote_url: {exc}")
+        remote = ""
+    branch = args.get("git_branch") or "main"
+    if not is_valid_branch(branch):
+        problems.append("Invalid git_branch: must be a plain branch name")
+    prefix = (args.get("path_prefix") or "").strip("/")
+    if prefix and (".." in prefix.split("/") or not _ITEM_PATH.fullmatch(prefix)):
+        problems.append("Invalid path_prefix: must be a relative directory")
+    path = args["path"]
+    if not _ITEM_PATH.fullmatch(path) or ".." in path.split("/"):
+        problems.append("Invalid path: must be an item path like f/team/my_flow")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,49}", args["workspace"]):
+        problems.append("Invalid workspace: must be a Windmill workspace id")
+    if problems:
+        raise RequestError("; ".join(problems))
+    return HistoryQuery(args["workspace"], remote, branch, prefix, path)

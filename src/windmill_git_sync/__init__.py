@@ -1,1 +1,0 @@
-"""Back up Windmill workspaces to Git."""
