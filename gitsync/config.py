@@ -6,6 +6,7 @@ token) arrive with each request and are never read from the environment.
 
 from __future__ import annotations
 
+import enum
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,14 @@ from gitsync.secrets import Secret
 # sets WMILL_CLI explicitly.
 _CHECKOUT_ROOT = Path(__file__).resolve().parents[1]
 _DEFAULT_WMILL_CLI = _CHECKOUT_ROOT / "node_modules" / "windmill-cli" / "esm" / "main.js"
+
+
+class SecretScanPolicy(enum.StrEnum):
+    """What a secret found in the files a sync adds does to it (see sync/scan.py)."""
+
+    OFF = "off"  # no scan
+    WARN = "warn"  # push, and report the findings
+    BLOCK = "block"  # refuse the sync; nothing is pushed
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,12 @@ class Settings:
     sync_auth_token: Secret | None = None
     # Hosts git_remote_url may name (empty: any host).
     git_allowed_hosts: frozenset[str] = frozenset()
+    # Secrets in the files a sync adds or changes: refused by default.
+    secret_scan: SecretScanPolicy = SecretScanPolicy.BLOCK
+    # The entropy detectors too (noisy on ordinary scripts).
+    secret_scan_entropy: bool = False
+    # May a request's "secret_scan" be looser than SECRET_SCAN? (Stricter always may.)
+    secret_scan_request_may_loosen: bool = False
 
     @property
     def repos_dir(self) -> Path:
@@ -185,6 +200,24 @@ class Settings:
                 problems.append("ALERT_WEBHOOK_URL must be an http(s) URL")
             else:
                 values["alert_webhook_url"] = Secret(alert_url)
+
+        def flag(key: str, attr: str) -> None:
+            raw = env.get(key, "").strip().lower()
+            if not raw:
+                return
+            if raw not in ("true", "false", "1", "0", "yes", "no"):
+                problems.append(f"{key} must be true or false, got {raw!r}")
+                return
+            values[attr] = raw in ("true", "1", "yes")
+
+        policy = env.get("SECRET_SCAN", "").strip().lower()
+        if policy:
+            if policy not in tuple(SecretScanPolicy):
+                problems.append(f"SECRET_SCAN must be block, warn or off, got {policy!r}")
+            else:
+                values["secret_scan"] = SecretScanPolicy(policy)
+        flag("SECRET_SCAN_ENTROPY", "secret_scan_entropy")
+        flag("SECRET_SCAN_REQUEST_MAY_LOOSEN", "secret_scan_request_may_loosen")
 
         hosts = env.get("GIT_ALLOWED_HOSTS", "").strip()
         if hosts:

@@ -92,11 +92,22 @@ class CommandError(SyncError):
         )
 
 
-class MassDeletionRefused(SyncError):
+class Refused(SyncError):
+    """The sync could run but must not: nothing was pushed, and retrying will not help."""
+
+
+class MassDeletionRefused(Refused):
     """The pull would delete most of the backup; refused unless the caller insists."""
 
     code = "mass_deletion_refused"
     http_status = 409
+
+
+class SecretDetected(Refused):
+    """Files the sync would add hold secrets; the answer lists where, never what."""
+
+    code = "secret_detected"
+    http_status = 422
 
 
 class InsufficientStorage(SyncError):
@@ -142,6 +153,12 @@ class GitError(SyncError):
 
 class GitAuthError(GitError):
     code = "git_auth_failed"
+
+
+class GitPushRejected(GitError):
+    """The Git host refused the push by a rule of its own (push protection, a hook)."""
+
+    code = "git_push_rejected"
 
 
 class UnsafeExportError(SyncError):

@@ -47,6 +47,12 @@ class Metrics:
         self.commits = Counter(
             "windmill_git_sync_commits_pushed", "Commits pushed", ["target"], registry=r
         )
+        self.secret_findings = Counter(
+            "windmill_git_sync_secret_findings",
+            "Possible secrets found in what syncs added, by what was done (blocked, pushed)",
+            ["target", "action"],
+            registry=r,
+        )
         self.retries = Counter(
             "windmill_git_sync_retries", "Retries of transient failures", ["step"], registry=r
         )

@@ -207,7 +207,9 @@ def _to_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     data["commit"] = data.pop("commit_id")
     if data["changed"] is not None:
         data["changed"] = bool(data["changed"])
-    data["files"] = json.loads(result)["files"] if result else []
+    stored = json.loads(result) if result else {}
+    data["files"] = stored.get("files", [])
+    data["secret_findings"] = stored.get("secret_findings", [])
     for stamp in ("created_at", "started_at", "finished_at"):
         if data[stamp] is not None:
             data[stamp] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(data[stamp]))

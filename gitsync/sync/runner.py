@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from gitsync.config import Settings
-from gitsync.errors import Busy, MassDeletionRefused, ShuttingDown, WindmillGitSyncError
+from gitsync.errors import Busy, Refused, SecretDetected, ShuttingDown, WindmillGitSyncError
 from gitsync.ops.alerts import AlertSender
 from gitsync.ops.metrics import Metrics, target_label
 from gitsync.sync.jobs import JobStore
@@ -146,9 +146,12 @@ class SyncRunner:
                 finished_at=time.time(),
                 phase="done",
                 error=exc.code,
-                state="refused" if isinstance(exc, MassDeletionRefused) else "failed",
+                state="refused" if isinstance(exc, Refused) else "failed",
                 message=exc.message,
                 attempts=exc.attempts,
+                result_json=json.dumps(
+                    {"files": [], "secret_findings": exc.response_extra.get("secret_findings", [])}
+                ),
             )
             run.future.set_exception(exc)
         except BaseException as exc:
@@ -177,7 +180,9 @@ class SyncRunner:
                 modified=data["modified"],
                 deleted=data["deleted"],
                 attempts=result.push_attempts,
-                result_json=json.dumps({"files": data["files"]}),
+                result_json=json.dumps(
+                    {"files": data["files"], "secret_findings": data.get("secret_findings", [])}
+                ),
             )
             self._report_success(run, result, data)
             run.future.set_result(result)
@@ -191,6 +196,10 @@ class SyncRunner:
 
     def _report_success(self, run: Run, result: SyncResult, data: dict[str, object]) -> None:
         outcome = "success" if result.changed else "noop"
+        if result.secret_findings:
+            self.metrics.secret_findings.labels(self._label(run), "pushed").inc(
+                len(result.secret_findings)
+            )
         self.metrics.record(
             self._label(run),
             outcome,
@@ -219,8 +228,11 @@ class SyncRunner:
         )
 
     def _report_failure(self, run: Run, exc: WindmillGitSyncError, seconds: float) -> None:
-        outcome = "refused" if isinstance(exc, MassDeletionRefused) else "error"
+        outcome = "refused" if isinstance(exc, Refused) else "error"
         self.metrics.record(self._label(run), outcome, seconds)
+        if isinstance(exc, SecretDetected):
+            found = len(exc.response_extra.get("secret_findings", []))  # type: ignore[arg-type]
+            self.metrics.secret_findings.labels(self._label(run), "blocked").inc(found)
         log.error(
             "sync %s: %s",
             outcome,

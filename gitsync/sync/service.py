@@ -27,13 +27,14 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gitsync.config import Settings
+from gitsync.config import SecretScanPolicy, Settings
 from gitsync.deadline import Deadline
 from gitsync.errors import (
     CommandError,
     GitError,
     InsufficientStorage,
     MassDeletionRefused,
+    SecretDetected,
     SyncError,
     WindmillAuthError,
     WindmillError,
@@ -45,6 +46,7 @@ from gitsync.retry import with_retries
 from gitsync.secrets import Redactor, Secret
 from gitsync.sync import readme
 from gitsync.sync.locks import TargetLocks
+from gitsync.sync.scan import ALLOWLIST_COMMENT, Finding, SecretScanner, effective_policy
 from gitsync.windmill import attribution, items, mirror
 from gitsync.windmill.api import WindmillApi
 from gitsync.windmill.items import ItemChange, ItemRef
@@ -56,6 +58,8 @@ log = logging.getLogger(__name__)
 PUSH_ATTEMPTS = 3
 # Changed paths listed in a commit body and a response; counts are always whole.
 MAX_LISTED_CHANGES = 500
+# Secret findings named in an error message; the answer's list holds them all.
+MAX_LISTED_FINDINGS = 20
 # Files regenerated on every pull: never counted as backed-up content.
 _GENERATED = frozenset({"wmill.yaml", "wmill-lock.yaml"})
 
@@ -82,6 +86,8 @@ class SyncJob:
     allow_mass_deletion: bool = False
     # Sub-directory of the repository this workspace lives in ("" = the root).
     path_prefix: str = ""
+    # The request's secret-scan policy, if it named one (see effective_policy).
+    secret_scan: SecretScanPolicy | None = None
 
     @property
     def username(self) -> str:
@@ -104,6 +110,7 @@ class SyncJob:
                 dataclasses.astuple(self.scope),
                 self.allow_mass_deletion,
                 self.path_prefix,
+                self.secret_scan,
             ],
         )
         return hashlib.sha256(material.encode()).hexdigest()
@@ -125,6 +132,8 @@ class SyncResult:
     path_prefix: str = ""
     # With workspace "*": one result per workspace.
     workspaces: tuple[SyncResult, ...] = ()
+    # Secrets found and pushed anyway (SECRET_SCAN=warn); never their values.
+    secret_findings: tuple[Finding, ...] = ()
 
     def count(self, status: str) -> int:
         own = sum(1 for c in self.changes if c.status == status)
@@ -168,6 +177,7 @@ class SyncResult:
                 for c in self.items[:MAX_LISTED_CHANGES]
             ],
             "commits": [c.to_dict() for c in self.commits],
+            "secret_findings": [f.to_dict() for f in self.secret_findings],
             "path_prefix": self.path_prefix,
             "scope": self.scope.describe(),
             "duration_seconds": round(self.duration_seconds, 3),
@@ -204,6 +214,7 @@ class SyncService:
         self.settings = settings
         self.wmill = WmillCli(settings)
         self.locks = TargetLocks(settings.data_dir / "locks")
+        self.scanner = SecretScanner(entropy=settings.secret_scan_entropy)
         # Called with a step's name on each retry (metrics).
         self.on_retry: Callable[[str], None] | None = None
 
@@ -441,6 +452,7 @@ class SyncService:
                 tree = self._prepare_tree(job, repo, base, export, readme_text)
             base_tree = repo.tree_of(base)
             commits: list[CommitInfo] = []
+            findings: tuple[Finding, ...] = ()
             if base is not None and tree == base_tree:
                 if base == tip:
                     return done(False, tip, ())
@@ -449,6 +461,7 @@ class SyncService:
                 new_changes = repo.diff_trees(base_tree, tree)
                 if not job.allow_mass_deletion:
                     self._check_mass_deletion(repo, base, new_changes, job.path_prefix)
+                findings = self._scan_for_secrets(job, new_changes, export)
                 commits = self._commit(job, repo, base, base_tree, tree, new_changes)
                 head = commits[-1].commit
                 repo.update_ref(repo.local_ref, head, reason="windmill-git-sync: commit")
@@ -470,6 +483,7 @@ class SyncService:
                     push_attempts=attempt,
                     commits=tuple(commits),
                     items=tuple(self._item_changes(changes, job.path_prefix)),
+                    secret_findings=findings,
                 )
             log.info(
                 "push of %s rejected: the remote moved on (attempt %d of %d)",
@@ -606,6 +620,47 @@ class SyncService:
                 "the token can see them), repeat the request with "
                 '"allow_mass_deletion": true.'
             )
+
+    def _scan_for_secrets(
+        self, job: SyncJob, changes: list[Change], export: dict[str, str]
+    ) -> tuple[Finding, ...]:
+        """Scan what this sync adds or changes; refuse it if the policy says block."""
+        policy = effective_policy(
+            self.settings.secret_scan,
+            job.secret_scan,
+            may_loosen=self.settings.secret_scan_request_may_loosen,
+        )
+        if policy is SecretScanPolicy.OFF:
+            return ()
+        prefix = job.path_prefix
+        written = {
+            rel: export[rel]
+            for c in changes
+            if c.status != "deleted"
+            and _under(c.path, prefix)
+            and (rel := _strip_prefix(c.path, prefix)) in export
+        }
+        findings = tuple(self.scanner.scan(written, prefix))
+        if not findings:
+            return ()
+        if policy is SecretScanPolicy.WARN:
+            log.warning(
+                "pushing %d possible secret(s) in workspace %s (SECRET_SCAN=warn)",
+                len(findings),
+                job.workspace,
+                extra={"secret_findings": [f.to_dict() for f in findings]},
+            )
+            return findings
+        shown = "; ".join(f.describe() for f in findings[:MAX_LISTED_FINDINGS])
+        more = len(findings) - MAX_LISTED_FINDINGS
+        error = SecretDetected(
+            f"Refusing to push: {len(findings)} possible secret(s) in what this sync would "
+            f"add to the backup: {shown}{f'; and {more} more' if more > 0 else ''}. Nothing "
+            "was pushed. Move the value into a Windmill secret variable or resource, or, for "
+            f"a false positive, end that line with the comment '{ALLOWLIST_COMMENT}'."
+        )
+        error.response_extra = {"secret_findings": [f.to_dict() for f in findings]}
+        raise error
 
     def _check_free_space(self) -> None:
         free = shutil.disk_usage(self.settings.data_dir).free

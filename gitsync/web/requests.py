@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
 )
 
+from gitsync.config import SecretScanPolicy
 from gitsync.errors import RequestError
 from gitsync.git.credentials import default_username
 from gitsync.git.repo import Identity
@@ -172,6 +173,8 @@ class SyncRequest(_TargetRequest):
     include_resource_types: bool = True
     include_users: bool = False
     include_settings: bool = False
+    # Narrows SECRET_SCAN for this sync (looser only where the operator allows it).
+    secret_scan: Literal["block", "warn", "off"] | None = None
 
     _excludes = field_validator("excludes", mode="before")(_patterns)
 
@@ -186,6 +189,7 @@ class SyncRequest(_TargetRequest):
             git_username=self.git_username,
             allow_mass_deletion=self.allow_mass_deletion,
             path_prefix=self.path_prefix,
+            secret_scan=SecretScanPolicy(self.secret_scan) if self.secret_scan else None,
             scope=Scope(
                 includes=self.includes,
                 excludes=self.excludes,
