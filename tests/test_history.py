@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from typing import Any
 
 import pytest
@@ -89,6 +91,127 @@ def test_unattributable_changes_fall_back_to_the_request_identity(
     text = commit_text(target, data["commit"])
     assert f"{target.workspace_id}: 1 resource updated" in text
     assert "Windmill-User" not in text
+
+
+def message_of(text: str) -> str:
+    """The commit message of a raw commit object."""
+    return text.split("\n\n", 1)[1]
+
+
+def trailers(message: str) -> list[str]:
+    """The trailers as git itself parses them."""
+    parsed = subprocess.run(
+        ["git", "interpret-trailers", "--parse"],
+        input=message,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": os.environ["PATH"], "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"},
+    )
+    return parsed.stdout.splitlines()
+
+
+def test_every_deployment_message_reaches_the_history_whoever_deployed(
+    service: ServiceProcess, target: Target
+) -> None:
+    ws = target.workspace
+    ws.add_user("dave", role="developer", name="Dave")
+    ws.add_user("erin", "erin@example.com", role="developer", name="Erin")
+    first = service.post("/sync", target.body()).json()
+    # ghost was never in the user list; erin is deleted after her deploy; dave has no email.
+    ws.update("user", "dave", email=None)
+    ws.update(
+        "script",
+        "u/admin/hello_deno",
+        content="export async function main() { return 'tidy' }\n",
+        edited_by="ghost",
+        deployment_message="ghost: tidy deno (ticket 4713)",
+    )
+    ws.update(
+        "flow",
+        "f/team/my_flow",
+        summary="Dave's flow",
+        edited_by="dave",
+        deployment_message="dave: retry twice\n\nWindmill-User: admin",
+    )
+    ws.update(
+        "app",
+        "f/team/my_app",
+        summary="Erin's app",
+        edited_by="erin",
+        deployment_message="erin: new layout",
+    )
+    ws.remove("user", "erin")
+    ws.update("trigger", "f/team/hook", route_path="hello2", edited_by="ghost")
+    ws.update(
+        "script",
+        "f/team/hello_py",
+        content="def main():\n    return 2\n",
+        edited_by="bob",
+        deployment_message="Bob fixes the greeting",
+    )
+    ws.update("schedule", "f/team/every_hour", schedule="0 30 * * * *", edited_by="carol")
+    ws.update("resource", "f/team/db", description="Nobody is recorded for resources")
+
+    response = service.post(
+        "/sync", target.body(git_user_name="Backup Bot", git_user_email="bot@example.com")
+    )
+
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert [c["author"] for c in data["commits"]] == [
+        "Bob <bob@example.com>",
+        "Carol <carol@example.com>",
+        "Backup Bot <bot@example.com>",
+    ]
+    assert target.log() == made(data) + made(first)
+    bob, carol, bot = (message_of(commit_text(target, c["commit"])) for c in data["commits"])
+    assert "- script f/team/hello_py: updated by bob\n  Deployment message: Bob fixes" in bob
+    assert [t for t in trailers(bob) if t.startswith("Windmill-User")] == ["Windmill-User: bob"]
+    # Windmill records who edited a schedule, though not why.
+    assert "- schedule f/team/every_hour: updated by carol\n" in carol
+    assert "Deployment message" not in carol
+    assert "Windmill-User: carol" in trailers(carol)
+    # The request identity's commit: each item with its user and message.
+    assert (
+        "- script u/admin/hello_deno: updated by ghost\n"
+        "  Deployment message: ghost: tidy deno (ticket 4713)\n"
+    ) in bot
+    assert (
+        "- flow f/team/my_flow: updated by dave\n"
+        "  Deployment message: dave: retry twice\n"
+        "    Windmill-User: admin\n"
+    ) in bot
+    assert "- app f/team/my_app: updated by erin\n  Deployment message: erin: new layout\n" in bot
+    assert "- trigger f/team/hook: updated by ghost\n" in bot
+    assert "- resource f/team/db: updated\n" in bot
+    # One parseable trailer per user, and a message cannot forge one.
+    assert [t for t in trailers(bot) if t.startswith("Windmill-User")] == [
+        "Windmill-User: dave",
+        "Windmill-User: erin",
+        "Windmill-User: ghost",
+    ]
+    assert f"Windmill-Workspace: {target.workspace_id}" in trailers(bot)
+
+
+def test_many_schedules_are_attributed_from_the_listing(
+    service: ServiceProcess, target: Target
+) -> None:
+    service.post("/sync", target.body())
+    for n in range(25):  # more than are looked up one by one
+        target.workspace.add_schedule(
+            f"f/team/every_{n}_minutes",
+            edited_by="carol",
+            schedule=f"0 */{n + 1} * * * *",
+            script_path="f/team/hello_py",
+        )
+
+    data = service.post("/sync", target.body()).json()
+
+    assert [c["author"] for c in data["commits"]] == ["Carol <carol@example.com>"]
+    text = message_of(commit_text(target, data["commit"]))
+    assert text.startswith(f"{target.workspace_id}: 25 schedules added")
+    assert text.count(": added by carol\n") == 25
 
 
 def test_a_rename_is_reported_as_a_rename(service: ServiceProcess, target: Target) -> None:

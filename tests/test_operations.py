@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -329,3 +331,122 @@ def test_the_windmill_kit_loads_with_the_real_cli(
     assert schedule["enabled"] is False  # the user turns it on after editing the settings
     script = workspace.get("script", "f/git_sync/backup_to_git").data["content"]
     assert "throw new Error" in script and "/sync" in script
+
+
+def restarted(proc: ServiceProcess, run: int, **env: str) -> ServiceProcess:
+    """Stops ``proc`` and starts a new service process on the same DATA_DIR, as an upgrade does."""
+    proc.stop()
+    again = ServiceProcess(
+        data_dir=proc.data_dir,
+        log_path=proc.log_path.with_name(f"service-run{run}.log"),
+        env={**proc.extra_env, **env},
+    )
+    return again.start()
+
+
+def per_target_gauges(text: str, target: Target) -> dict[str, float | None]:
+    t = label(target)
+    gauges: dict[str, float | None] = {
+        "last_success": metric(text, "windmill_git_sync_last_success_timestamp_seconds", target=t),
+        "last_attempt": metric(text, "windmill_git_sync_last_attempt_timestamp_seconds", target=t),
+    }
+    for outcome in ("success", "noop", "error", "refused"):
+        gauges[outcome] = metric(text, "windmill_git_sync_last_outcome", target=t, outcome=outcome)
+    return gauges
+
+
+def stale_alerts(sink: AlertSink, target: Target) -> list[dict[str, Any]]:
+    return [e for e in sink.events("backup_stale") if e["workspace"] == target.workspace_id]
+
+
+def test_metrics_and_the_staleness_alert_survive_restarts(
+    windmill: WindmillEmulator, git_server: Any, ca_pem: Path, sink: AlertSink, tmp_path: Path
+) -> None:
+    ok, flaky, broken = (new_target(windmill, git_server) for _ in range(3))
+    first = start_service(
+        tmp_path,
+        windmill,
+        ca_pem,
+        ALERT_WEBHOOK_URL=sink.url,
+        STALE_AFTER_SECONDS="4",
+        ALERT_CHECK_INTERVAL="3600",  # no check before the restart: the silence spans it
+        JOB_HISTORY="2",  # the successes are pruned from the jobs before the restart
+        RETRY_ATTEMPTS="1",
+    )
+    try:
+        assert first.post("/sync", ok.body()).status_code == 200
+        assert first.post("/sync", flaky.body()).status_code == 200
+        for failing in (flaky, broken):
+            answer = first.post("/sync", failing.body(git_token="ghp_revoked_000000000"))
+            assert answer.status_code >= 400
+        text = first.get("/metrics").text
+        before = {t.workspace_id: per_target_gauges(text, t) for t in (ok, flaky, broken)}
+        assert len(first.get("/jobs").json()["jobs"]) == 2
+        second = restarted(first, 2, ALERT_CHECK_INTERVAL="0.3")
+    finally:
+        first.stop()
+    try:
+        # Before any sync: every per-target series is back, with the same values.
+        text = second.get("/metrics").text
+        for t in (ok, flaky, broken):
+            assert per_target_gauges(text, t) == before[t.workspace_id]
+        assert per_target_gauges(text, ok)["success"] == 1.0
+        assert per_target_gauges(text, flaky)["error"] == 1.0
+        assert per_target_gauges(text, flaky)["last_success"] is not None
+        # Only failures: no last success, but the last attempt is there to alert on.
+        assert per_target_gauges(text, broken)["last_success"] is None
+        assert per_target_gauges(text, broken)["last_attempt"] is not None
+        assert per_target_gauges(text, broken)["error"] == 1.0
+        # The silences began before the restart and were never reported: report them once.
+        wait_for(lambda: stale_alerts(sink, ok) and stale_alerts(sink, flaky))
+        time.sleep(1.5)  # several more checks
+        assert [len(stale_alerts(sink, t)) for t in (ok, flaky, broken)] == [1, 1, 0]
+        ages = stale_alerts(sink, ok)[0]["age_seconds"], stale_alerts(sink, flaky)[0]["age_seconds"]
+        assert min(ages) >= 4
+
+        third = restarted(second, 3)
+    finally:
+        second.stop()
+    try:
+        text = third.get("/metrics").text
+        for t in (ok, flaky, broken):
+            assert per_target_gauges(text, t) == before[t.workspace_id]
+        time.sleep(2)  # several checks of the restarted watchdog
+        # The history remembers these silences were reported.
+        assert [len(stale_alerts(sink, t)) for t in (ok, flaky, broken)] == [1, 1, 0]
+        # A new success ends the silence; the gauge moves on from the restored value.
+        assert third.post("/sync", ok.body()).status_code == 200
+        last = per_target_gauges(third.get("/metrics").text, ok)["last_success"]
+        assert last is not None and last > (before[ok.workspace_id]["last_success"] or 0)
+    finally:
+        third.stop()
+
+
+def test_a_job_history_from_before_the_summary_upgrades_in_place(
+    windmill: WindmillEmulator, git_server: Any, ca_pem: Path, sink: AlertSink, tmp_path: Path
+) -> None:
+    target = new_target(windmill, git_server)
+    first = start_service(
+        tmp_path, windmill, ca_pem, ALERT_WEBHOOK_URL=sink.url, STALE_AFTER_SECONDS="4"
+    )
+    try:
+        assert first.post("/sync", target.body()).status_code == 200
+        synced = per_target_gauges(first.get("/metrics").text, target)["last_success"]
+    finally:
+        first.stop()
+    # What the previous release left: the jobs alone.
+    with contextlib.closing(sqlite3.connect(first.data_dir / "jobs.sqlite3")) as db:
+        db.execute("DROP TABLE target_summary")
+        db.commit()
+
+    second = restarted(first, 2, ALERT_CHECK_INTERVAL="0.3")
+    try:
+        gauges = per_target_gauges(second.get("/metrics").text, target)
+        assert gauges["last_success"] is not None and synced is not None
+        assert abs(gauges["last_success"] - synced) < 5  # the job's finish, not the restart
+        assert gauges["last_attempt"] == gauges["last_success"] and gauges["success"] == 1.0
+        wait_for(lambda: stale_alerts(sink, target))
+        time.sleep(1)
+        assert len(stale_alerts(sink, target)) == 1
+    finally:
+        second.stop()

@@ -15,9 +15,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any
-
-from gitsync.sync.jobs import JobStore
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +46,43 @@ class AlertSender:
         return ok
 
 
+class StaleTarget(Protocol):
+    @property
+    def target(self) -> str: ...
+    @property
+    def workspace(self) -> str: ...
+    @property
+    def remote(self) -> str: ...
+    @property
+    def branch(self) -> str: ...
+    @property
+    def last_success_at(self) -> float | None: ...
+    @property
+    def stale_alert_for(self) -> float | None: ...
+
+
+class TargetHistory(Protocol):
+    """The job store (sync/jobs.py) as the watchdog uses it."""
+
+    def summaries(self) -> Sequence[StaleTarget]: ...
+    def note_stale_alert(self, target: str, last_success_at: float) -> None: ...
+
+
 class Watchdog:
-    """Alerts once per target when its last success is older than ``stale_after``."""
+    """Alerts once per silence: when a target's last success is older than ``stale_after``.
+
+    Which silence was reported lives in the job store, not in memory, so a
+    restart neither forgets a silence (it still alerts, even if the jobs that
+    succeeded were pruned) nor reports it again.
+    """
 
     def __init__(
-        self, store: JobStore, sender: AlertSender, *, stale_after: float, interval: float
+        self, store: TargetHistory, sender: AlertSender, *, stale_after: float, interval: float
     ) -> None:
         self.store = store
         self.sender = sender
         self.stale_after = stale_after
         self.interval = interval
-        self._alerted: dict[str, float] = {}  # target -> the last success it alerted about
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="watchdog", daemon=True)
 
@@ -77,26 +102,26 @@ class Watchdog:
     def check(self, now: float | None = None) -> list[str]:
         now = time.time() if now is None else now
         alerted = []
-        for target in self.store.targets(recent=1):
-            last = target["last_success_at"]
+        for target in self.store.summaries():
+            last = target.last_success_at
             if last is None or now - last < self.stale_after:
                 continue
-            if self._alerted.get(target["target"]) == last:
+            if target.stale_alert_for == last:
                 continue  # already told about this silence
             hours = (now - last) / 3600
             sent = self.sender.send(
                 {
                     "event": "backup_stale",
-                    "workspace": target["workspace"],
-                    "remote": target["remote"],
-                    "branch": target["branch"],
+                    "workspace": target.workspace,
+                    "remote": target.remote,
+                    "branch": target.branch,
                     "last_success": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
                     "age_seconds": int(now - last),
-                    "message": f"No successful backup of workspace '{target['workspace']}' to "
-                    f"{target['remote']} ({target['branch']}) for {hours:.1f} h",
+                    "message": f"No successful backup of workspace '{target.workspace}' to "
+                    f"{target.remote} ({target.branch}) for {hours:.1f} h",
                 }
             )
             if sent:
-                self._alerted[target["target"]] = last
-                alerted.append(target["target"])
+                self.store.note_stale_alert(target.target, last)
+                alerted.append(target.target)
         return alerted

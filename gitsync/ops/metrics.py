@@ -3,16 +3,36 @@
 A target label is the workspace plus the remote's host and path (and branch,
 and path prefix when set): never a token. Each app has its own registry, so
 several apps in one process (tests) do not share counters.
+
+The per-target gauges start from the job store's summaries at start-up, so a
+restart does not make a target's series vanish (and a staleness alert rule
+on them go blind) until its next sync; counters start at zero, as Prometheus
+expects of a restarted process.
 """
 
 from __future__ import annotations
 
 import time
 import urllib.parse
+from collections.abc import Iterable
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 OUTCOMES = ("success", "noop", "error", "refused")
+
+
+class TargetSummary(Protocol):
+    """What the job store remembers of a target (sync/jobs.py), as the gauges need it."""
+
+    @property
+    def label(self) -> str: ...
+    @property
+    def last_success_at(self) -> float | None: ...
+    @property
+    def last_attempt_at(self) -> float: ...
+    @property
+    def last_outcome(self) -> str: ...
 
 
 def target_label(workspace: str, remote_url: str, branch: str, prefix: str = "") -> str:
@@ -72,6 +92,24 @@ class Metrics:
             ["target"],
             registry=r,
         )
+        self.last_outcome = Gauge(
+            "windmill_git_sync_last_outcome",
+            "1 for the outcome of the last sync per target, 0 for the other outcomes",
+            ["target", "outcome"],
+            registry=r,
+        )
+
+    def restore(self, summaries: Iterable[TargetSummary]) -> None:
+        """Set the per-target gauges from what the job store remembers."""
+        for summary in summaries:
+            self.last_attempt.labels(summary.label).set(summary.last_attempt_at)
+            if summary.last_success_at is not None:
+                self.last_success.labels(summary.label).set(summary.last_success_at)
+            self._set_outcome(summary.label, summary.last_outcome)
+
+    def _set_outcome(self, target: str, outcome: str) -> None:
+        for each in OUTCOMES:
+            self.last_outcome.labels(target, each).set(1 if each == outcome else 0)
 
     def record(
         self,
@@ -83,13 +121,15 @@ class Metrics:
         modified: int = 0,
         deleted: int = 0,
         commits: int = 0,
+        at: float | None = None,
     ) -> None:
-        now = time.time()
+        now = time.time() if at is None else at
         self.syncs.labels(outcome, target).inc()
         self.duration.labels(outcome).observe(seconds)
         self.last_attempt.labels(target).set(now)
         if outcome in ("success", "noop"):
             self.last_success.labels(target).set(now)
+        self._set_outcome(target, outcome)
         for change, n in (("added", added), ("modified", modified), ("deleted", deleted)):
             if n:
                 self.items_changed.labels(target, change).inc(n)

@@ -3,6 +3,11 @@
 One connection, one writer (a lock around every statement), short
 transactions; the schema is created idempotently at start-up. Rows hold no
 secret: error messages are already redacted when they get here.
+
+Beside the jobs, which are pruned to JOB_HISTORY, one summary row per target
+keeps what monitoring needs across pruning and restarts: the last success,
+the last attempt, the last outcome, and the last success a staleness alert
+was sent about.
 """
 
 from __future__ import annotations
@@ -11,8 +16,11 @@ import json
 import sqlite3
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gitsync.ops.metrics import target_label
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -40,6 +48,19 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_workspace ON jobs (workspace, created_at);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE TABLE IF NOT EXISTS target_summary (
+    target           TEXT PRIMARY KEY,
+    label            TEXT NOT NULL,  -- the metrics label
+    workspace        TEXT NOT NULL,
+    remote           TEXT NOT NULL,
+    branch           TEXT NOT NULL,
+    last_success_at  REAL,
+    last_attempt_at  REAL NOT NULL,
+    -- success | noop | error | refused, as the metrics count them
+    last_outcome     TEXT NOT NULL,
+    -- the last success a staleness alert was sent about
+    stale_alert_for  REAL
+);
 """
 
 ACTIVE_STATES = ("queued", "running")
@@ -66,6 +87,23 @@ _COLUMNS = (
     "result_json",
 )
 
+# How a finished job's state reads as a metrics outcome (for the upgrade below).
+_OUTCOME_OF_STATE = {"failed": "error", "refused": "refused"}
+
+
+@dataclass(frozen=True)
+class TargetSummary:
+    target: str
+    label: str
+    workspace: str
+    remote: str
+    branch: str
+    last_success_at: float | None
+    last_attempt_at: float
+    last_outcome: str
+    stale_alert_for: float | None
+
+
 # Column names are constants of this module, never input.
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"  # noqa: S608
 
@@ -79,7 +117,12 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
+            had_summary = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='target_summary'"
+            ).fetchone()
             self._db.executescript(SCHEMA)
+            if not had_summary:
+                self._summarise_existing_jobs()
 
     def close(self) -> None:
         with self._lock:
@@ -157,12 +200,19 @@ class JobStore:
                     "state='succeeded' ORDER BY finished_at DESC LIMIT 1",
                     (target,),
                 ).fetchone()
-                summaries.append((target, rows, success))
+                # The success may be older than the jobs kept; the summary is not pruned.
+                kept = self._db.execute(
+                    "SELECT last_success_at FROM target_summary WHERE target=?", (target,)
+                ).fetchone()
+                summaries.append((target, rows, success, kept[0] if kept else None))
         result = []
-        for target, rows, success in summaries:
+        for target, rows, success, kept_success_at in summaries:
             jobs = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
             latest = jobs[0]
-            last_success_at = success[0] if success else None
+            last_success_at = max(
+                (t for t in (success[0] if success else None, kept_success_at) if t is not None),
+                default=None,
+            )
             failed = [
                 j
                 for j in jobs
@@ -192,6 +242,72 @@ class JobStore:
                 }
             )
         return result
+
+    def record_outcome(
+        self,
+        target: str,
+        *,
+        label: str,
+        workspace: str,
+        remote: str,
+        branch: str,
+        outcome: str,
+        at: float,
+    ) -> None:
+        """Fold one finished sync into its target's summary."""
+        succeeded = outcome in ("success", "noop")
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO target_summary (target, label, workspace, remote, branch, "
+                "last_success_at, last_attempt_at, last_outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (target) DO UPDATE SET label=excluded.label, "
+                "workspace=excluded.workspace, remote=excluded.remote, branch=excluded.branch, "
+                "last_success_at=COALESCE(excluded.last_success_at, last_success_at), "
+                "last_attempt_at=excluded.last_attempt_at, last_outcome=excluded.last_outcome",
+                (target, label, workspace, remote, branch, at if succeeded else None, at, outcome),
+            )
+
+    def summaries(self) -> list[TargetSummary]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT target, label, workspace, remote, branch, last_success_at, "
+                "last_attempt_at, last_outcome, stale_alert_for FROM target_summary "
+                "ORDER BY target"
+            ).fetchall()
+        return [TargetSummary(*row) for row in rows]
+
+    def note_stale_alert(self, target: str, last_success_at: float) -> None:
+        """Remember that this silence was reported, so a restart does not report it again."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE target_summary SET stale_alert_for=? WHERE target=?",
+                (last_success_at, target),
+            )
+
+    def _summarise_existing_jobs(self) -> None:
+        # A database from before the summary table: start from what the kept
+        # jobs know. The jobs do not record a path prefix, so a prefixed
+        # target's label lacks it until that target's next sync.
+        rows = self._db.execute(
+            "SELECT target, workspace, remote, branch, state, changed, finished_at FROM jobs "
+            "WHERE state IN ('succeeded', 'failed', 'refused') AND finished_at IS NOT NULL "
+            "ORDER BY finished_at"
+        ).fetchall()
+        summaries: dict[str, tuple[Any, ...]] = {}
+        last_success: dict[str, float] = {}
+        for target, workspace, remote, branch, state, changed, finished_at in rows:
+            if state == "succeeded":
+                outcome = "success" if changed else "noop"
+                last_success[target] = finished_at
+            else:
+                outcome = _OUTCOME_OF_STATE[state]
+            label = target_label(workspace, remote, branch)
+            summaries[target] = (target, label, workspace, remote, branch, finished_at, outcome)
+        self._db.executemany(
+            "INSERT OR IGNORE INTO target_summary (target, label, workspace, remote, branch, "
+            "last_attempt_at, last_outcome, last_success_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*row, last_success.get(row[0])) for row in summaries.values()],
+        )
 
     def _prune(self) -> None:
         self._db.execute(

@@ -157,7 +157,7 @@ class SyncRunner:
         except BaseException as exc:
             # The outermost job boundary: log the traceback, record a failure.
             log.exception("sync job %s crashed", run.job_id)
-            self.metrics.record(self._label(run), "error", time.monotonic() - started)
+            self._record(run, "error", time.monotonic() - started)
             self.store.update(
                 run.job_id,
                 state="failed",
@@ -194,14 +194,29 @@ class SyncRunner:
         job = run.job
         return target_label(job.workspace, job.remote_url, job.branch, job.path_prefix)
 
+    def _record(self, run: Run, outcome: str, seconds: float, **counts: int) -> None:
+        # The store's summary first: it is what the gauges restart from.
+        at = time.time()
+        job = run.job
+        self.store.record_outcome(
+            run.key,
+            label=self._label(run),
+            workspace=job.workspace,
+            remote=job.remote_url,
+            branch=job.branch,
+            outcome=outcome,
+            at=at,
+        )
+        self.metrics.record(self._label(run), outcome, seconds, at=at, **counts)
+
     def _report_success(self, run: Run, result: SyncResult, data: dict[str, object]) -> None:
         outcome = "success" if result.changed else "noop"
         if result.secret_findings:
             self.metrics.secret_findings.labels(self._label(run), "pushed").inc(
                 len(result.secret_findings)
             )
-        self.metrics.record(
-            self._label(run),
+        self._record(
+            run,
             outcome,
             result.duration_seconds,
             added=result.count("added"),
@@ -229,7 +244,7 @@ class SyncRunner:
 
     def _report_failure(self, run: Run, exc: WindmillGitSyncError, seconds: float) -> None:
         outcome = "refused" if isinstance(exc, Refused) else "error"
-        self.metrics.record(self._label(run), outcome, seconds)
+        self._record(run, outcome, seconds)
         if isinstance(exc, SecretDetected):
             found = len(exc.response_extra.get("secret_findings", []))  # type: ignore[arg-type]
             self.metrics.secret_findings.labels(self._label(run), "blocked").inc(found)

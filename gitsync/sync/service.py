@@ -540,7 +540,7 @@ class SyncService:
         lock file, the README) travel with the last commit.
         """
         item_changes = self._item_changes(changes, job.path_prefix)
-        existing = {c.item for c in item_changes if c.change != "deleted"}
+        existing = [c for c in item_changes if c.change != "deleted"]
         authors = (
             attribution.attribute(
                 WindmillApi(
@@ -579,18 +579,7 @@ class SyncService:
                 next_tree = repo.tree_with(current, {p: entries.get(p) for p in paths})
             if next_tree == current:
                 continue
-            messages = {
-                c.item: message
-                for c in group
-                if c.item in authors and (message := authors[c.item].message)
-            }
-            text = commit_message(
-                job,
-                group,
-                messages,
-                self.settings.windmill_host,
-                authors.get(group[0].item) if who else None,
-            )
+            text = commit_message(job, group, authors, self.settings.windmill_host)
             author = who or job.author
             commit = repo.commit_tree(next_tree, parent, text, author, job.author)
             commits.append(CommitInfo(commit, author, text.splitlines()[0], len(group)))
@@ -717,15 +706,26 @@ def success_message(result: SyncResult) -> str:
 def commit_message(
     job: SyncJob,
     changes: list[ItemChange],
-    deployment_messages: dict[ItemRef, str],
+    authors: dict[ItemRef, attribution.Attribution],
     windmill_host: str,
-    attributed: attribution.Attribution | None,
 ) -> str:
+    """Each item with who changed it and why, as Windmill recorded it.
+
+    The commit's author names at most one of them; the request identity's
+    commit gathers items of several users (or of users the workspace no
+    longer lists), so the user is said next to each item and once per user
+    in a ``Windmill-User`` trailer.
+    """
     lines = [items.subject(job.workspace, changes), ""]
     for change in changes[:MAX_LISTED_CHANGES]:
-        lines.append(f"- {change.describe()}")
-        if change.item in deployment_messages:
-            lines.append(f"  Deployment message: {deployment_messages[change.item]}")
+        found = authors.get(change.item)
+        by = f" by {_one_line(found.username)}" if found else ""
+        lines.append(f"- {change.describe()}{by}")
+        if found and found.message:
+            # Indented, so a message's own lines can never pose as trailers.
+            first, *more = [line for line in found.message.splitlines() if line.strip()] or [""]
+            lines.append(f"  Deployment message: {first}")
+            lines += [f"    {line}" for line in more]
     if len(changes) > MAX_LISTED_CHANGES:
         lines.append(f"- … and {len(changes) - MAX_LISTED_CHANGES} more")
     if not changes:
@@ -736,9 +736,13 @@ def commit_message(
         f"Windmill-Host: {windmill_host}",
         f"Windmill-CLI-Version: {CLI_VERSION}",
     ]
-    if attributed:
-        lines.append(f"Windmill-User: {attributed.username}")
+    users = sorted({_one_line(authors[c.item].username) for c in changes if c.item in authors})
+    lines += [f"Windmill-User: {user}" for user in users]
     return "\n".join(lines) + "\n"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def _under(path: str, prefix: str) -> bool:

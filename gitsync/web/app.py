@@ -60,6 +60,7 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     if interrupted:
         log.warning("%d sync job(s) were cut short when the service last stopped", interrupted)
     metrics = Metrics()
+    metrics.restore(store.summaries())
     alerts = (
         AlertSender(settings.alert_webhook_url.reveal()) if settings.alert_webhook_url else None
     )

@@ -41,7 +41,7 @@ _DIR_KINDS = (
     ("app", ".raw_app", "__raw_app"),
     ("script", "", "__mod"),
 )
-_TRIGGER = re.compile(r"^(?P<path>.+)\.[a-z]+_trigger\.(yaml|json)$")
+_TRIGGER = re.compile(r"^(?P<path>.+)\.(?P<kind>[a-z]+)_trigger\.(yaml|json)$")
 _SCRIPT_META = re.compile(r"^(?P<path>.+)\.script\.(yaml|json|lock)$")
 _RESOURCE_FILE = re.compile(r"^(?P<path>.+)\.resource\.file\.[^/]+$")
 # Script code extensions, longest first so "x.deno.ts" is not read as "x.deno" + ".ts".
@@ -151,6 +151,15 @@ def item_of(rel: str) -> ItemRef | None:
         if rel.endswith("." + ext):
             return ItemRef("script", rel.removesuffix("." + ext))
     return ItemRef("file", rel)
+
+
+def trigger_kind(files: Iterable[str]) -> str | None:
+    """``http`` for ``f/x/hook.http_trigger.yaml``: which API endpoint serves the trigger."""
+    for rel in files:
+        match = _TRIGGER.match(rel)
+        if match:
+            return match.group("kind")
+    return None
 
 
 def group_changes(

@@ -1104,6 +1104,21 @@ def test_flows_and_apps_list_and_history(emulator: WindmillEmulator, ws: Workspa
     assert app_history[0]["created_by"] == "admin"
 
 
+def test_schedules_and_triggers_list_their_editor_page_by_page(
+    emulator: WindmillEmulator, ws: Workspace
+) -> None:
+    ws.update("schedule", "f/team/every_hour", schedule="0 5 * * * *", edited_by="carol")
+    ws.add_schedule("f/team/nightly", schedule="0 0 2 * * *", script_path="f/team/hello_py")
+    schedules = get_json(emulator, f"api/w/{ws.id}/schedules/list?per_page=1&page=2")
+    assert [(s["path"], s["edited_by"]) for s in schedules] == [("f/team/nightly", "admin")]
+    first = get_json(emulator, f"api/w/{ws.id}/schedules/list")[0]
+    assert first == get_json(emulator, f"api/w/{ws.id}/schedules/get/f/team/every_hour")
+    assert first["edited_by"] == "carol" and "deployment_msg" not in first
+    triggers = get_json(emulator, f"api/w/{ws.id}/http_triggers/list")
+    assert [(t["path"], t["edited_by"]) for t in triggers] == [("f/team/hook", "admin")]
+    assert get_json(emulator, f"api/w/{ws.id}/kafka_triggers/list") == []
+
+
 def test_push_is_attributed_to_the_token_user(
     emulator: WindmillEmulator, ws: Workspace, tmp_path: Path
 ) -> None:

@@ -2426,21 +2426,30 @@ def _folder_delete(ctx: Ctx) -> Response:
 # -- schedules and triggers ----------------------------------------------------------------
 
 
+def _schedule_obj(ctx: Ctx, path: str, it: Item) -> JsonObj:
+    return {
+        "workspace_id": ctx.workspace.id,
+        "path": path,
+        **it.data,
+        "extra_perms": it.data.get("extra_perms") or {},
+        "edited_by": it.meta.edited_by,
+        "edited_at": it.meta.edited_at,
+        "error": None,
+    }
+
+
 @route("GET", "/api/w/{w}/schedules/get/{path}", "schedules/get")
 def _schedule_get(ctx: Ctx) -> Response:
     path = ctx.params["path"]
-    it = _require(ctx, "schedule", path)
-    return json_response(
-        {
-            "workspace_id": ctx.workspace.id,
-            "path": path,
-            **it.data,
-            "extra_perms": it.data.get("extra_perms") or {},
-            "edited_by": it.meta.edited_by,
-            "edited_at": it.meta.edited_at,
-            "error": None,
-        }
-    )
+    return json_response(_schedule_obj(ctx, path, _require(ctx, "schedule", path)))
+
+
+@route("GET", "/api/w/{w}/schedules/list", "schedules/list")
+def _schedules_list(ctx: Ctx) -> Response:
+    """Every schedule, as schedules/get shows it (paged; no deployment message is kept)."""
+    items = ctx.workspace.items["schedule"]
+    rows = [_schedule_obj(ctx, path, items[path]) for path in sorted(items)]
+    return json_response(_page(ctx, rows))
 
 
 @route("POST", "/api/w/{w}/schedules/create", "schedules/create")
@@ -2488,21 +2497,30 @@ def _trigger_kind(ctx: Ctx) -> str:
     return f"{kind}_trigger"
 
 
+def _trigger_obj(ctx: Ctx, path: str, it: Item) -> JsonObj:
+    return {
+        "workspace_id": ctx.workspace.id,
+        "path": path,
+        **it.data,
+        "extra_perms": it.data.get("extra_perms") or {},
+        "edited_by": it.meta.edited_by,
+        "edited_at": it.meta.edited_at,
+        "email": ctx.workspace._email_of(it.meta.edited_by),
+    }
+
+
 @route("GET", "/api/w/{w}/{kind}_triggers/get/{path}", "triggers/get")
 def _trigger_get(ctx: Ctx) -> Response:
     kind, path = _trigger_kind(ctx), ctx.params["path"]
-    it = _require(ctx, kind, path)
-    return json_response(
-        {
-            "workspace_id": ctx.workspace.id,
-            "path": path,
-            **it.data,
-            "extra_perms": it.data.get("extra_perms") or {},
-            "edited_by": it.meta.edited_by,
-            "edited_at": it.meta.edited_at,
-            "email": ctx.workspace._email_of(it.meta.edited_by),
-        }
-    )
+    return json_response(_trigger_obj(ctx, path, _require(ctx, kind, path)))
+
+
+@route("GET", "/api/w/{w}/{kind}_triggers/list", "triggers/list")
+def _triggers_list(ctx: Ctx) -> Response:
+    """Every trigger of one kind, as triggers/get shows it (paged)."""
+    items = ctx.workspace.items[_trigger_kind(ctx)]
+    rows = [_trigger_obj(ctx, path, items[path]) for path in sorted(items)]
+    return json_response(_page(ctx, rows))
 
 
 @route("POST", "/api/w/{w}/{kind}_triggers/create", "triggers/create")
