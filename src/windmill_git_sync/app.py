@@ -21,14 +21,16 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
-from . import status_page
+from . import access_log, status_page
 from .alerts import AlertSender, Watchdog
 from .config import Settings
+from .drain import JOB_ID_KEY, Drain
 from .errors import (
     BodyTooLarge,
     Busy,
     LengthRequired,
     RequestError,
+    ShuttingDown,
     Unauthorized,
     UnsupportedMediaType,
     WindmillGitSyncError,
@@ -38,7 +40,7 @@ from .jobs import JobStore
 from .metrics import Metrics
 from .readiness import Readiness
 from .restore import RestoreService
-from .runner import SyncRunner
+from .runner import RETRY_AFTER_SECONDS, SyncRunner
 from .sync import SyncService, success_message
 from .sync_request import parse_restore_request, parse_sync_request
 
@@ -48,6 +50,8 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 # Paths anyone may call even when inbound authentication is on.
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
+# What a drain turns away: new work. Reads (/health, /jobs/<id>) go on.
+REFUSED_WHILE_DRAINING = frozenset({("POST", "/sync"), ("POST", "/restore")})
 
 
 def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
@@ -59,6 +63,14 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     interrupted = store.mark_interrupted()
     if interrupted:
         log.warning("%d sync job(s) were cut short when the service last stopped", interrupted)
+    for owed in store.owed_runs():
+        log.warning(
+            "a run is owed: %d interrupted job(s) of workspace '%s'; the next sync of "
+            "this target completes them",
+            owed["interrupted_jobs"],
+            owed["workspace"],
+            extra={"event": "owed_run", **owed},
+        )
     metrics = Metrics()
     alerts = (
         AlertSender(settings.alert_webhook_url.reveal()) if settings.alert_webhook_url else None
@@ -73,6 +85,10 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
         watchdog.start()
         app.extensions["windmill_git_sync.watchdog"] = watchdog
     app.extensions["windmill_git_sync"] = runner
+    drain = Drain()
+    app.extensions["windmill_git_sync.drain"] = drain
+    # Outermost: the access log sees the drain's count end, and every answer.
+    app.wsgi_app = access_log.wrap(drain.wrap(app.wsgi_app))  # type: ignore[method-assign,assignment]
     openapi = _load_openapi()
     if settings.sync_auth_token is None:
         log.warning(
@@ -84,6 +100,8 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     def check_request() -> None:
         if request.path not in PUBLIC_PATHS and settings.sync_auth_token is not None:
             _check_bearer(settings.sync_auth_token.reveal())
+        if drain.draining and (request.method, request.path) in REFUSED_WHILE_DRAINING:
+            raise ShuttingDown("The service is shutting down; retry shortly", RETRY_AFTER_SECONDS)
         if request.method in ("POST", "PUT", "PATCH"):
             _check_body_framing(settings.max_body_bytes)
 
@@ -94,11 +112,15 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     @app.get("/ready")
     def ready() -> Any:
         problems = readiness.problems()
+        if drain.draining:
+            problems.insert(0, "shutting down: new syncs are refused")
+        # Owed runs do not make the service unready: the sync that completes them must get in.
+        owed = store.owed_runs()
         if problems:
-            response = jsonify(status="not ready", problems=problems)
+            response = jsonify(status="not ready", problems=problems, owed_runs=owed)
             response.status_code = 503
             return response
-        return jsonify(status="ready")
+        return jsonify(status="ready", owed_runs=owed)
 
     @app.get("/metrics")
     def prometheus_metrics() -> Any:
@@ -121,6 +143,7 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     def sync() -> Any:
         req = parse_sync_request(_json_body(), settings.git_allowed_hosts)
         ticket = runner.submit(req.to_job())
+        request.environ[JOB_ID_KEY] = ticket.job_id
         if not req.wait or "respond-async" in request.headers.get("Prefer", ""):
             response = jsonify(
                 success=True,
@@ -249,10 +272,11 @@ def _check_bearer(expected: str) -> None:
 
 
 def _check_body_framing(limit: int) -> None:
-    # A WSGI server may silently truncate a chunked body at the limit and let
-    # the request through (shared security notes T4): demand a length.
+    # waitress de-chunks HTTP/1.1 bodies within max_request_body_size (413
+    # beyond it), and they arrive here with a Content-Length. A body still
+    # marked chunked (HTTP/1.0) was not de-chunked: it would read as empty.
     if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
-        raise LengthRequired("Chunked request bodies are not accepted; send Content-Length")
+        raise LengthRequired("Chunked request bodies need HTTP/1.1; send Content-Length")
     length = request.content_length
     if length is None:
         raise LengthRequired("Request body needs a Content-Length header")

@@ -21,6 +21,10 @@ _CHECKOUT_ROOT = Path(__file__).resolve().parents[2]
 _DEFAULT_WMILL_CLI = _CHECKOUT_ROOT / "node_modules" / "windmill-cli" / "esm" / "main.js"
 
 
+# Threads beyond the syncs: /health, /ready, /jobs answer while every sync slot is taken.
+SPARE_HTTP_THREADS = 8
+
+
 @dataclass(frozen=True)
 class Settings:
     windmill_base_url: str = "http://windmill_server:8000/"
@@ -38,8 +42,14 @@ class Settings:
     max_concurrent_syncs: int = 4
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | json | text
-    # gunicorn threads: requests that may wait on a sync at once.
-    http_threads: int = 16
+    # waitress threads: requests served at once, a sync waited for included.
+    # None: enough for every running and queued sync plus spare ones (/health).
+    http_threads: int | None = None
+    # Seconds a SIGTERM or SIGINT gives accepted syncs to finish: a little under
+    # docker-compose.yml's stop_grace_period (16 min), above SYNC_TIMEOUT.
+    shutdown_grace: float = 930.0
+    # Seconds an idle or stalled connection is kept open (checked every 10 s).
+    idle_connection_timeout: float = 60.0
     max_body_bytes: int = 64 * 1024
     # Syncs waiting for a slot; beyond this, 503 with Retry-After.
     max_queued_syncs: int = 32
@@ -64,6 +74,12 @@ class Settings:
     sync_auth_token: Secret | None = None
     # Hosts git_remote_url may name (empty: any host).
     git_allowed_hosts: frozenset[str] = frozenset()
+
+    @property
+    def server_threads(self) -> int:
+        if self.http_threads is not None:
+            return self.http_threads
+        return self.max_concurrent_syncs + self.max_queued_syncs + SPARE_HTTP_THREADS
 
     @property
     def repos_dir(self) -> Path:
@@ -146,7 +162,9 @@ class Settings:
         number("SYNC_TIMEOUT", "sync_timeout", float, 1)
         number("COMMAND_TIMEOUT", "command_timeout", float, 1)
         number("MAX_CONCURRENT_SYNCS", "max_concurrent_syncs", int, 1)
-        number("HTTP_THREADS", "http_threads", int, 1)
+        number("HTTP_THREADS", "http_threads", int, 1, 1000)
+        number("SHUTDOWN_GRACE_SECONDS", "shutdown_grace", float, 0)
+        number("IDLE_CONNECTION_TIMEOUT", "idle_connection_timeout", float, 1, 86400)
         number("MAX_BODY_BYTES", "max_body_bytes", int, 1024, 16 * 1024 * 1024)
         number("MAX_QUEUED_SYNCS", "max_queued_syncs", int, 0)
         number("MASS_DELETION_SHARE", "mass_deletion_share", float, 0, 1)

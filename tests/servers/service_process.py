@@ -1,7 +1,7 @@
 """The real service, started the way `make run` and the image start it.
 
-``windmill-git-sync serve`` runs gunicorn bound to port 0; the port is read
-back from gunicorn's own "Listening at" line.
+``windmill-git-sync serve`` runs waitress bound to port 0; the port is read
+back from the service's own "listening on" log line.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WMILL_CLI = REPO_ROOT / "node_modules" / "windmill-cli" / "esm" / "main.js"
-_LISTENING = re.compile(r"Listening at: http://([0-9.]+):(\d+)")
+_LISTENING = re.compile(r"listening on http://([0-9.]+):(\d+)")
 
 
 class RecordingClient:
