@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,16 @@ class RecordingClient:
 
 
 class ServiceProcess(RecordingClient):
-    def __init__(self, *, data_dir: Path, log_path: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        log_path: Path,
+        env: Mapping[str, str],
+        prefix: Sequence[str] = (),
+    ) -> None:
         self.data_dir = data_dir
+        self.prefix = list(prefix)  # e.g. `unshare --pid --fork`: the service runs as PID 1
         self.log_path = log_path
         self.extra_env = dict(env)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -69,7 +77,7 @@ class ServiceProcess(RecordingClient):
         exe = Path(sys.executable).parent / "windmill-git-sync"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(exe), "serve"],
+            [*self.prefix, str(exe), "serve"],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
