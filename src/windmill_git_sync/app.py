@@ -208,7 +208,8 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     def known_error(exc: WindmillGitSyncError) -> Any:
         job_id = getattr(exc, "job_id", None)
         # Sync jobs are logged by the runner; other failures (restores) here.
-        if exc.http_status >= 409 and job_id is None:
+        # A drain's refusals are no failure: the access log has each of them.
+        if exc.http_status >= 409 and job_id is None and not isinstance(exc, ShuttingDown):
             log.error(
                 "sync failed: %s",
                 exc.message,
