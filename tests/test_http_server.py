@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import GIT_TOKEN, WINDMILL_TOKEN, new_target, start_service
+from tests.conftest import GIT_TOKEN, WINDMILL_TOKEN, Target, new_target, start_service
 from tests.servers.git_server import GitHttpServer
 from tests.servers.service_process import ServiceProcess
 from tests.servers.windmill_emulator import WindmillEmulator
@@ -323,18 +323,25 @@ def test_health_answers_within_a_second_with_syncs_running_and_queued_and_slow_c
 ) -> None:
     targets = [new_target(windmill, git_server) for _ in range(CONCURRENT + QUEUED)]
     for target in targets:
-        windmill.set_fault("tarball", "delay:6", workspace=target.workspace_id)
+        windmill.set_fault("tarball", "delay:12", workspace=target.workspace_id)
     slow = SlowClients(server.url, 200)
     try:
-        syncs = [
-            _in_background(lambda t=t: server.post("/sync", t.body(), timeout=180)) for t in targets
-        ]
-        queued_and_running = lambda: (  # noqa: E731
-            (m := requests.get(server.url + "/metrics", timeout=10).text)
-            and f"windmill_git_sync_queue_depth {float(QUEUED)}" in m
-            and f"windmill_git_sync_in_flight {float(CONCURRENT)}" in m
-        )
-        _wait_for(queued_and_running, "every sync slot taken and the queue full")
+
+        def gauges(queued: int, running: int) -> bool:
+            text = requests.get(server.url + "/metrics", timeout=10).text
+            return (
+                f"windmill_git_sync_queue_depth {float(queued)}" in text
+                and f"windmill_git_sync_in_flight {float(running)}" in text
+            )
+
+        def post(target: Target) -> Future[requests.Response]:
+            return _in_background(lambda: server.post("/sync", target.body(), timeout=180))
+
+        # Running first: a run not yet picked up by a sync thread counts as queued.
+        syncs = [post(t) for t in targets[:CONCURRENT]]
+        _wait_for(lambda: gauges(0, CONCURRENT), "every sync slot taken")
+        syncs += [post(t) for t in targets[CONCURRENT:]]
+        _wait_for(lambda: gauges(QUEUED, CONCURRENT), "the queue full")
         extra = new_target(windmill, git_server)
         busy = requests.post(server.url + "/sync", json=extra.body(), timeout=10)
         assert busy.status_code == 503 and busy.json()["error"] == "busy"
