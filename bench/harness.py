@@ -114,8 +114,8 @@ def _hwm_kb(pid: int) -> int:
 class ServiceMeter:
     """CPU and memory of the service: its own processes and the git/node children they start.
 
-    The service's own processes are the gunicorn master and its workers (same
-    executable); everything else under them is a child (git, node). Their
+    The service's own process is the one running waitress (any process of the
+    same executable counts); everything else under it is a child (git, node). Their
     peak RSS comes from the kernel's high-water mark, reset at the start of
     each run; children live briefly, so they are sampled.
     """

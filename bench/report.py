@@ -186,8 +186,8 @@ def render(
     out.append("### Memory")
     out.append("")
     out.append(
-        "Peak resident memory. The service: its own processes (gunicorn master and "
-        "worker), from the kernel's high-water mark; its children (git, node): all of "
+        "Peak resident memory. The service: its own process (waitress; the same "
+        "executable), from the kernel's high-water mark; its children (git, node): all of "
         "them at once, sampled every 30 ms; a bare command: its largest process."
     )
     out.append("")

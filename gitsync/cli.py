@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         from gitsync.web.server import serve
 
-        serve(settings)
-        return EXIT_OK
+        return serve(settings)
     try:
         return _one_shot(settings, args)
     except WindmillGitSyncError as exc:

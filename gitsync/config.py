@@ -22,6 +22,10 @@ _CHECKOUT_ROOT = Path(__file__).resolve().parents[1]
 _DEFAULT_WMILL_CLI = _CHECKOUT_ROOT / "node_modules" / "windmill-cli" / "esm" / "main.js"
 
 
+# Threads beyond the syncs: /health, /ready, /jobs answer while every sync slot is taken.
+SPARE_HTTP_THREADS = 8
+
+
 class SecretScanPolicy(enum.StrEnum):
     """What a secret found in the files a sync adds does to it (see sync/scan.py)."""
 
@@ -47,8 +51,14 @@ class Settings:
     max_concurrent_syncs: int = 4
     log_level: str = "INFO"
     log_format: str = "auto"  # auto | json | text
-    # gunicorn threads: requests that may wait on a sync at once.
-    http_threads: int = 16
+    # waitress threads: requests served at once, a sync waited for included.
+    # None: enough for every running and queued sync plus spare ones (/health).
+    http_threads: int | None = None
+    # Seconds a SIGTERM or SIGINT gives accepted syncs to finish: a little under
+    # docker-compose.yml's stop_grace_period (16 min), above SYNC_TIMEOUT.
+    shutdown_grace: float = 930.0
+    # Seconds an idle or stalled connection is kept open (checked every 10 s).
+    idle_connection_timeout: float = 60.0
     max_body_bytes: int = 64 * 1024
     # Syncs waiting for a slot; beyond this, 503 with Retry-After.
     max_queued_syncs: int = 32
@@ -79,6 +89,12 @@ class Settings:
     secret_scan_entropy: bool = False
     # May a request's "secret_scan" be looser than SECRET_SCAN? (Stricter always may.)
     secret_scan_request_may_loosen: bool = False
+
+    @property
+    def server_threads(self) -> int:
+        if self.http_threads is not None:
+            return self.http_threads
+        return self.max_concurrent_syncs + self.max_queued_syncs + SPARE_HTTP_THREADS
 
     @property
     def repos_dir(self) -> Path:
@@ -161,7 +177,9 @@ class Settings:
         number("SYNC_TIMEOUT", "sync_timeout", float, 1)
         number("COMMAND_TIMEOUT", "command_timeout", float, 1)
         number("MAX_CONCURRENT_SYNCS", "max_concurrent_syncs", int, 1)
-        number("HTTP_THREADS", "http_threads", int, 1)
+        number("HTTP_THREADS", "http_threads", int, 1, 1000)
+        number("SHUTDOWN_GRACE_SECONDS", "shutdown_grace", float, 0)
+        number("IDLE_CONNECTION_TIMEOUT", "idle_connection_timeout", float, 1, 86400)
         number("MAX_BODY_BYTES", "max_body_bytes", int, 1024, 16 * 1024 * 1024)
         number("MAX_QUEUED_SYNCS", "max_queued_syncs", int, 0)
         number("MASS_DELETION_SHARE", "mass_deletion_share", float, 0, 1)

@@ -1,7 +1,7 @@
 """Real servers and the real service for the end-to-end tests.
 
 Session-wide: one throwaway CA, one HTTPS Git server (git http-backend), one
-Windmill API emulator and one service process (gunicorn, as `make run` starts
+Windmill API emulator and one service process (waitress, as `make run` starts
 it). Each test gets its own workspace and repository, so tests never share
 state through them.
 """

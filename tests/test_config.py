@@ -60,3 +60,27 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 def test_credentials_in_the_windmill_url_are_refused() -> None:
     with pytest.raises(ConfigError, match="must not contain credentials"):
         Settings.from_mapping({"WINDMILL_BASE_URL": "http://admin:pw@windmill:8000"})
+
+
+def test_server_threads_cover_every_sync_slot_and_queue_place_plus_spares() -> None:
+    defaults = Settings.from_mapping({})
+    assert defaults.server_threads == 4 + 32 + 8
+    sized = Settings.from_mapping({"MAX_CONCURRENT_SYNCS": "2", "MAX_QUEUED_SYNCS": "3"})
+    assert sized.server_threads == 2 + 3 + 8
+    assert Settings.from_mapping({"HTTP_THREADS": "12"}).server_threads == 12
+
+
+def test_drain_and_connection_settings() -> None:
+    defaults = Settings.from_mapping({})
+    # Over a whole sync, under the compose file's 16 min stop_grace_period.
+    assert defaults.sync_timeout < defaults.shutdown_grace < 16 * 60
+    assert defaults.idle_connection_timeout == 60
+    settings = Settings.from_mapping(
+        {"SHUTDOWN_GRACE_SECONDS": "5", "IDLE_CONNECTION_TIMEOUT": "2.5"}
+    )
+    assert (settings.shutdown_grace, settings.idle_connection_timeout) == (5, 2.5)
+    with pytest.raises(ConfigError) as error:
+        Settings.from_mapping(
+            {"SHUTDOWN_GRACE_SECONDS": "-1", "IDLE_CONNECTION_TIMEOUT": "0", "HTTP_THREADS": "x"}
+        )
+    assert len(error.value.problems) == 3

@@ -267,6 +267,7 @@ def test_image_is_built_as_promised(docker: Docker, image: str) -> None:
     installed = {_norm(name): version for name, version in facts["dists"].items()}
     assert {k: installed.get(k) for k in locked} == locked, "not installed from the lock file"
     assert set(installed) - set(locked) == {"windmill-git-sync"}, "packages not in the lock file"
+    assert "waitress" in installed and "gunicorn" not in installed, "waitress is the only server"
     assert facts["root_writable"] == [], "the root filesystem is writable"
 
     assert facts["extra_ca_in"] == [], f"the build's extra CA ({LOCAL_CA_DIR}) is in the image"

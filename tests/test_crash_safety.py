@@ -1,7 +1,7 @@
 """Crash safety: the service killed (or stopped) at each phase of a sync, then restarted.
 
 Every test runs its own service processes on its own DATA_DIR, kills them for
-real (SIGKILL to gunicorn's process group; the service's children live in
+real (SIGKILL to the service's process group; the service's children live in
 their own sessions, so they survive as orphans, as they would in production),
 starts a new service on the same DATA_DIR and checks what a user cares about:
 the next sync answers 200, the remote holds exactly what ``wmill sync pull``
@@ -44,7 +44,8 @@ from tests.servers.windmill_emulator import WindmillEmulator
 
 T = TypeVar("T")
 
-SYNC_TIMEOUT = 120  # gunicorn's graceful_timeout is this + 30 s
+SYNC_TIMEOUT = 120
+SHUTDOWN_GRACE = SYNC_TIMEOUT + 30  # what the drain tests' services give a sync on SIGTERM
 DEADLINE = 60.0  # upper bound for anything a test polls for
 
 
@@ -120,7 +121,7 @@ def in_background(fn: Callable[[], T]) -> Future[T]:
 
 
 def kill_service(service: ServiceProcess) -> None:
-    """SIGKILL gunicorn's master and worker (one process group), as the OOM killer would."""
+    """SIGKILL the service's process group, as the OOM killer would."""
     assert service.proc is not None
     os.killpg(service.proc.pid, signal.SIGKILL)
     service.proc.wait(timeout=30)
@@ -141,14 +142,16 @@ class Services:
             "RETRY_ATTEMPTS": "1",
             "SYNC_TIMEOUT": str(SYNC_TIMEOUT),
             "COMMAND_TIMEOUT": "60",
+            "SHUTDOWN_GRACE_SECONDS": str(SHUTDOWN_GRACE),
         }
         self.started: list[ServiceProcess] = []
 
-    def start(self, **env: str) -> ServiceProcess:
+    def start(self, prefix: tuple[str, ...] = (), **env: str) -> ServiceProcess:
         proc = ServiceProcess(
             data_dir=self.data_dir,
             log_path=self.root / f"service{len(self.started) + 1}.log",
             env={**self.env, **env},
+            prefix=prefix,
         )
         self.started.append(proc)
         return proc.start()
@@ -281,6 +284,14 @@ def assert_interrupted(job: dict[str, Any]) -> None:
     assert job["finished_at"] is not None, job
 
 
+def assert_completed_by(job: dict[str, Any], by: str) -> None:
+    """An interrupted job whose work a later sync of its target did; the interruption is kept."""
+    assert job["state"] == "succeeded", job
+    assert job["completed_by"] == by, job
+    assert job["interrupted_at"] is not None and job["finished_at"] is not None, job
+    assert job["error"] is None and by in job["message"], job
+
+
 def job_state(data_dir: Path, job_id: str) -> str | None:
     """A job's state read from the job store itself, for when the service does not answer."""
     with contextlib.closing(sqlite3.connect(data_dir / "jobs.sqlite3", timeout=10)) as db:
@@ -305,27 +316,27 @@ def add_change(target: Target, name: str) -> str:
     return f"f/team/{name}.sh"
 
 
-def refused_or_unanswered(url: str) -> BaseException | int:
-    """Poll new requests to ``url`` until one is not answered with 200; return what it got.
+def assert_draining(service: ServiceProcess, target: Target) -> None:
+    """New work is turned away with 503 and Retry-After; /health and the job history answer."""
 
-    gunicorn may still take a connection that arrives in the instant before
-    its worker notices the signal; after that, new connections are never
-    served (refused, or left unanswered in the listen backlog).
-    """
+    def draining() -> bool:
+        return service.get("/ready", timeout=5).status_code == 503
 
-    def attempt() -> BaseException | int | None:
-        try:
-            status = requests.get(url + "/health", timeout=3).status_code
-        except requests.RequestException as exc:
-            return exc
-        if status == 200:
-            time.sleep(0.1)
-            return None
-        return status
-
-    outcome = wait_for(attempt, "the service to stop taking new requests")
-    assert outcome is not None
-    return outcome
+    wait_for(draining, "/ready to say the service is shutting down", timeout=10)
+    for path in ("/sync", "/restore"):
+        refused = service.post(path, target.body(), timeout=10)
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"] == "30"
+        assert refused.json()["error"] == "shutting_down"
+    # On a kept-alive connection too, not only on new ones.
+    with requests.Session() as session:
+        for _ in range(2):
+            again = session.post(service.url + "/sync", json=target.body(), timeout=10)
+            assert again.status_code == 503, again.text
+    assert "shutting down" in service.get("/ready", timeout=5).json()["problems"][0]
+    assert service.get("/health", timeout=5).status_code == 200
+    jobs = jobs_of(service, target)
+    assert jobs and service.get(f"/jobs/{jobs[0]['id']}", timeout=5).status_code == 200
 
 
 # -- 1. killed during the pull -----------------------------------------------------------
@@ -380,9 +391,9 @@ def test_killed_during_pull_orphan_is_ended_and_next_sync_backs_up(
     assert len(jobs) == 2
     new, old = jobs  # newest first
     assert new["state"] == "succeeded" and new["commit"] == data["commit"]
-    assert_interrupted(old)
+    assert_completed_by(old, new["id"])  # interrupted by the kill, done by the next sync
     assert old["phase"] == "pulling"
-    assert second.get(f"/jobs/{old['id']}").json()["state"] == "interrupted"
+    assert second.get(f"/jobs/{old['id']}").json()["completed_by"] == new["id"]
 
 
 def test_killed_during_the_fetch_orphan_is_ended_and_next_sync_backs_up(
@@ -432,7 +443,8 @@ def test_killed_during_the_fetch_orphan_is_ended_and_next_sync_backs_up(
     assert not (root / "fetch.pid").exists()
     assert not processes_in(root)
     jobs = jobs_of(second, fresh)
-    assert [j["state"] for j in jobs] == ["succeeded", "interrupted", "succeeded"]
+    assert [j["state"] for j in jobs] == ["succeeded", "succeeded", "succeeded"]
+    assert_completed_by(jobs[1], jobs[0]["id"])
     assert jobs[1]["phase"] == "fetching"
 
 
@@ -572,8 +584,8 @@ def test_killed_during_commit_or_push_nothing_is_lost(
     assert not (root / "sync.running").exists()
     assert local_ref(repo_git) == data["commit"]
     jobs = jobs_of(second, fresh)
-    assert [j["state"] for j in jobs] == ["succeeded", "interrupted", "succeeded"]
-    assert_interrupted(jobs[1])
+    assert [j["state"] for j in jobs] == ["succeeded", "succeeded", "succeeded"]
+    assert_completed_by(jobs[1], jobs[0]["id"])
     assert jobs[1]["phase"] == ("pushing" if phase == "push" else "committing")
 
 
@@ -676,40 +688,45 @@ def test_a_stale_scratch_index_lock_does_not_block_attributed_commits(
     assert not (root / "repo.git" / "scratch-index.lock").exists()
 
 
-# -- 4. SIGTERM: the in-flight sync finishes ---------------------------------------------
+# -- 4. SIGTERM or SIGINT: a drain ------------------------------------------------------
 
 
-@pytest.mark.parametrize("to", ["master", "process-group"])
-def test_sigterm_lets_the_in_flight_sync_finish(
+@pytest.mark.parametrize("how", ["sigterm", "sigterm-to-group", "sigint"])
+def test_a_signal_lets_the_in_flight_sync_finish_and_refuses_new_work(
     services: Services,
     gate: TarballGate,
     fresh: Target,
     windmill: WindmillEmulator,
     tmp_path: Path,
-    to: str,
+    how: str,
 ) -> None:
     service = services.start()
     assert service.proc is not None
     gate.arm(fresh.workspace_id)
     in_flight = in_background(lambda: service.post("/sync", fresh.body(), timeout=2 * DEADLINE))
     gate.wait_arrived()
+    time.sleep(1)  # one second into the sync
 
-    if to == "master":  # what `docker stop` does through tini
+    if how == "sigterm":  # what `docker stop` does through tini
         os.kill(service.proc.pid, signal.SIGTERM)
-    else:
+    elif how == "sigterm-to-group":  # the CLI children live in sessions of their own
         service.signal(signal.SIGTERM)
-    # New work is turned away while the sync is still held at the emulator.
-    refused_or_unanswered(service.url)
+    else:  # Ctrl-C under `make run`
+        os.kill(service.proc.pid, signal.SIGINT)
+    signalled = time.monotonic()
+    assert_draining(service, fresh)
     assert not in_flight.done()
+    time.sleep(max(0.0, 4 - (time.monotonic() - signalled)))  # a five-second sync in all
     gate.release()
     response = in_flight.result(timeout=2 * DEADLINE)
 
     assert response.status_code == 200, response.text
     data = response.json()
     assert data["changed"] is True
-    returncode = service.proc.wait(timeout=SYNC_TIMEOUT + 30 + 15)
+    returncode = service.proc.wait(timeout=SHUTDOWN_GRACE + 15)
     assert returncode == 0, service.log_text()[-4000:]
-    assert fresh.log() == made(data)
+    assert "drained cleanly" in service.log_text()
+    assert fresh.log() == made(data)  # its commit is pushed
     assert_remote_is_exact_backup(fresh, windmill, tmp_path)
     root = services.target_dir(fresh)
     assert not (root / "sync.running").exists()  # a clean finish, not a crash
@@ -718,7 +735,7 @@ def test_sigterm_lets_the_in_flight_sync_finish(
         requests.get(service.url + "/health", timeout=5)
 
 
-def test_sigterm_lets_a_running_async_sync_finish_and_ends_the_waiting_one(
+def test_a_drain_finishes_running_and_waiting_async_syncs(
     services: Services,
     gate: TarballGate,
     fresh: Target,
@@ -739,29 +756,117 @@ def test_sigterm_lets_a_running_async_sync_finish_and_ends_the_waiting_one(
     assert service.get(f"/jobs/{waiting_id}").json()["state"] == "queued"
 
     os.kill(service.proc.pid, signal.SIGTERM)
-    # The worker's exit hook ends what has not started, while the first sync is held.
-    wait_for(
-        lambda: job_state(services.data_dir, waiting_id) == "interrupted",
-        "the waiting job to be marked interrupted",
-    )
-    assert job_state(services.data_dir, running_id) == "running"
+    assert_draining(service, fresh)
+    assert job_state(services.data_dir, waiting_id) == "queued"  # accepted: it will run
     gate.release()
 
-    returncode = service.proc.wait(timeout=SYNC_TIMEOUT + 30 + 15)
+    returncode = service.proc.wait(timeout=SHUTDOWN_GRACE + 15)
     assert returncode == 0, service.log_text()[-4000:]
-    log = fresh.log()
-    assert log, "the running sync should have finished before the service exited"
     assert_linear_history_containing(fresh)
     assert_remote_is_exact_backup(fresh, windmill, tmp_path)
-    for commit in log:  # the waiting sync (another committer name) never ran
-        assert b"Someone Else" not in fresh.git_server.cat_commit(fresh.repo, commit)
     restarted = services.start()
     finished = restarted.get(f"/jobs/{running_id}").json()
     assert finished["state"] == "succeeded", finished
-    assert finished["commit"] == log[0]
-    ended = restarted.get(f"/jobs/{waiting_id}").json()
-    assert ended["state"] == "interrupted" and ended["error"] == "shutting_down", ended
-    assert ended["started_at"] is None
+    assert finished["commit"] == fresh.log()[0]
+    ran_too = restarted.get(f"/jobs/{waiting_id}").json()
+    assert ran_too["state"] == "succeeded" and ran_too["completed_by"] is None, ran_too
+    assert restarted.get("/ready").json()["owed_runs"] == []
+
+
+def test_as_pid_1_sigterm_drains_too(
+    services: Services,
+    gate: TarballGate,
+    fresh: Target,
+    windmill: WindmillEmulator,
+    tmp_path: Path,
+) -> None:
+    # PID 1 of a PID namespace (a container without an init) gets a signal from
+    # outside only if it handles it: plain waitress would ignore docker stop.
+    service = services.start(prefix=("unshare", "--pid", "--fork", "--kill-child"))
+    assert service.proc is not None
+    children = Path(f"/proc/{service.proc.pid}/task/{service.proc.pid}/children")
+    [pid_1] = [int(pid) for pid in children.read_text().split()]
+    ns_pids = [line for line in Path(f"/proc/{pid_1}/status").read_text().splitlines()]
+    assert [line.split()[-1] for line in ns_pids if line.startswith("NSpid:")] == ["1"]
+    gate.arm(fresh.workspace_id)
+    in_flight = in_background(lambda: service.post("/sync", fresh.body(), timeout=2 * DEADLINE))
+    gate.wait_arrived()
+
+    os.kill(pid_1, signal.SIGTERM)
+    assert_draining(service, fresh)
+    gate.release()
+
+    response = in_flight.result(timeout=2 * DEADLINE)
+    assert response.status_code == 200, response.text
+    assert fresh.log() == made(response.json())
+    assert service.proc.wait(timeout=SHUTDOWN_GRACE + 15) == 0, service.log_text()[-4000:]
+    assert "drained cleanly" in service.log_text()
+
+
+def test_a_sync_longer_than_the_grace_is_interrupted_and_completed_after_the_restart(
+    services: Services,
+    gate: TarballGate,
+    fresh: Target,
+    windmill: WindmillEmulator,
+    tmp_path: Path,
+) -> None:
+    service = services.start(SHUTDOWN_GRACE_SECONDS="2")
+    assert service.proc is not None
+    gate.arm(fresh.workspace_id)
+    cut_off = in_background(lambda: service.post("/sync", fresh.body(), timeout=2 * DEADLINE))
+    gate.wait_arrived()
+    os.kill(service.proc.pid, signal.SIGTERM)
+    signalled = time.monotonic()
+    returncode = service.proc.wait(timeout=30)
+    assert returncode == 1, service.log_text()[-4000:]
+    assert time.monotonic() - signalled < 10
+    # The caller gets an error, never a made-up success.
+    assert isinstance(cut_off.exception(timeout=30), requests.ConnectionError)
+    assert "SHUTDOWN_GRACE_SECONDS (2 s) ran out" in service.log_text()
+    [job] = _jobs_in_store(services.data_dir)
+    assert job == ("interrupted", "shutting_down")
+    gate.release()
+
+    restarted = services.start()
+    owed = restarted.get("/ready").json()["owed_runs"]
+    assert [(o["workspace"], o["interrupted_jobs"]) for o in owed] == [(fresh.workspace_id, 1)]
+    assert "Owed run" in restarted.get("/").text
+    old_id = restarted.get("/jobs", params={"workspace": fresh.workspace_id}).json()["jobs"][0]
+    assert old_id["state"] == "interrupted" and old_id["error"] == "shutting_down"
+    # Windmill's next scheduled sync (or the caller's retry) of the same target:
+    response = restarted.post("/sync", fresh.body())
+
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert fresh.log() == made(data)
+    assert_remote_is_exact_backup(fresh, windmill, tmp_path)
+    assert_completed_by(restarted.get(f"/jobs/{old_id['id']}").json(), data["job_id"])
+    assert restarted.get("/ready").json()["owed_runs"] == []
+    assert "Owed run" not in restarted.get("/").text
+    assert "owed_run_completed" in restarted.log_text()
+
+
+def test_a_second_signal_ends_the_drain_at_once(
+    services: Services, gate: TarballGate, fresh: Target
+) -> None:
+    service = services.start()
+    assert service.proc is not None
+    gate.arm(fresh.workspace_id)
+    cut_off = in_background(lambda: service.post("/sync", fresh.body(), timeout=2 * DEADLINE))
+    gate.wait_arrived()
+    os.kill(service.proc.pid, signal.SIGTERM)
+    wait_for(lambda: "draining for up to" in service.log_text(), "the drain to begin")
+    os.kill(service.proc.pid, signal.SIGTERM)
+    assert service.proc.wait(timeout=10) == 1
+    assert "a second signal ended the drain" in service.log_text()
+    assert isinstance(cut_off.exception(timeout=30), requests.ConnectionError)
+    assert _jobs_in_store(services.data_dir) == [("interrupted", "shutting_down")]
+    gate.release()
+
+
+def _jobs_in_store(data_dir: Path) -> list[tuple[str, str]]:
+    with contextlib.closing(sqlite3.connect(data_dir / "jobs.sqlite3", timeout=10)) as db:
+        return list(db.execute("SELECT state, error FROM jobs ORDER BY created_at"))
 
 
 # -- 5. an async job killed mid-run ------------------------------------------------------
@@ -805,4 +910,5 @@ def test_killed_async_job_is_interrupted_and_next_sync_succeeds(
     assert_remote_is_exact_backup(fresh, windmill, tmp_path)
     assert not [p for p in orphans if is_alive(p)]
     assert not processes_in(root)
-    assert_interrupted(second.get(f"/jobs/{job_id}").json())  # not overwritten
+    # Its record keeps the interruption and names the sync that did its work.
+    assert_completed_by(second.get(f"/jobs/{job_id}").json(), data["job_id"])

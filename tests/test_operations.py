@@ -297,7 +297,7 @@ def test_ready_reports_a_missing_cli(windmill: WindmillEmulator, tmp_path: Path)
 
 
 def test_ready_when_everything_is_there(service: ServiceProcess) -> None:
-    assert service.get("/ready").json() == {"status": "ready"}
+    assert service.get("/ready").json() == {"status": "ready", "owed_runs": []}
 
 
 def test_the_windmill_kit_loads_with_the_real_cli(

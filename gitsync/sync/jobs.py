@@ -44,7 +44,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts      INTEGER,
     error         TEXT,
     message       TEXT,
-    result_json   TEXT
+    result_json   TEXT,
+    -- when a shutdown or a crash cut the job off, and the job that later did its work
+    interrupted_at REAL,
+    completed_by  TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_workspace ON jobs (workspace, created_at);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
@@ -85,7 +88,11 @@ _COLUMNS = (
     "error",
     "message",
     "result_json",
+    "interrupted_at",
+    "completed_by",
 )
+# Columns added after the first release: added to an older database at start-up.
+_ADDED_COLUMNS = {"interrupted_at": "REAL", "completed_by": "TEXT"}
 
 # How a finished job's state reads as a metrics outcome (for the upgrade below).
 _OUTCOME_OF_STATE = {"failed": "error", "refused": "refused"}
@@ -121,6 +128,10 @@ class JobStore:
                 "SELECT 1 FROM sqlite_master WHERE type='table' AND name='target_summary'"
             ).fetchone()
             self._db.executescript(SCHEMA)
+            present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in present:  # names and kinds are constants of this module
+                    self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
             if not had_summary:
                 self._summarise_existing_jobs()
 
@@ -131,13 +142,57 @@ class JobStore:
     def mark_interrupted(self) -> int:
         """Jobs left active by a previous process can never finish: say so."""
         with self._lock:
+            now = time.time()
             cursor = self._db.execute(
-                "UPDATE jobs SET state='interrupted', finished_at=?, error='interrupted', "
-                "message='The service stopped before this sync finished' "
+                "UPDATE jobs SET state='interrupted', finished_at=?, interrupted_at=?, "
+                "error='interrupted', message='The service stopped before this sync "
+                "finished; the next sync of this target completes it' "
                 "WHERE state IN ('queued', 'running')",
-                (time.time(),),
+                (now, now),
             )
             return cursor.rowcount
+
+    def complete_interrupted(self, target: str, job_id: str) -> list[str]:
+        """Record that ``job_id``, a successful sync of ``target``, did its interrupted jobs' work.
+
+        A sync pulls the whole workspace, so a later successful one backs up
+        everything an interrupted one would have. Returns the completed ids.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM jobs WHERE target=? AND state='interrupted' AND id != ?",
+                (target, job_id),
+            ).fetchall()
+            ids = [row[0] for row in rows]
+            for owed in ids:
+                self._db.execute(
+                    "UPDATE jobs SET state='succeeded', completed_by=?, error=NULL, "
+                    "interrupted_at=COALESCE(interrupted_at, finished_at), "
+                    "message='Cut off by a shutdown or a crash; completed by job ' || ? "
+                    "WHERE id=?",
+                    (job_id, job_id, owed),
+                )
+            return ids
+
+    def owed_runs(self) -> list[dict[str, Any]]:
+        """Targets with interrupted jobs that no later sync has completed yet."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT target, workspace, remote, branch, COUNT(*), "
+                "MIN(COALESCE(interrupted_at, finished_at)) FROM jobs "
+                "WHERE state='interrupted' GROUP BY target ORDER BY 6"
+            ).fetchall()
+        return [
+            {
+                "target": target,
+                "workspace": workspace,
+                "remote": remote,
+                "branch": branch,
+                "interrupted_jobs": count,
+                "since": _stamp(since),
+            }
+            for target, workspace, remote, branch, count, since in rows
+        ]
 
     def create(self, job_id: str, *, target: str, workspace: str, remote: str, branch: str) -> None:
         with self._lock:
@@ -204,9 +259,12 @@ class JobStore:
                 kept = self._db.execute(
                     "SELECT last_success_at FROM target_summary WHERE target=?", (target,)
                 ).fetchone()
-                summaries.append((target, rows, success, kept[0] if kept else None))
+                owed = self._db.execute(
+                    "SELECT COUNT(*) FROM jobs WHERE target=? AND state='interrupted'", (target,)
+                ).fetchone()[0]
+                summaries.append((target, rows, success, kept[0] if kept else None, owed))
         result = []
-        for target, rows, success, kept_success_at in summaries:
+        for target, rows, success, kept_success_at, owed in summaries:
             jobs = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
             latest = jobs[0]
             last_success_at = max(
@@ -229,6 +287,7 @@ class JobStore:
                     "last_commit": success[1] if success else None,
                     "last_error": failed[0]["message"] if failed else None,
                     "state": latest["state"],
+                    "owed_jobs": owed,
                     "recent": [
                         {
                             "state": j["state"],
@@ -311,8 +370,9 @@ class JobStore:
 
     def _prune(self) -> None:
         self._db.execute(
-            "DELETE FROM jobs WHERE state NOT IN ('queued', 'running') AND id NOT IN "
-            "(SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?)",
+            # Interrupted jobs stay until a sync completes them: a run is owed.
+            "DELETE FROM jobs WHERE state NOT IN ('queued', 'running', 'interrupted') "
+            "AND id NOT IN (SELECT id FROM jobs ORDER BY created_at DESC LIMIT ?)",
             (self.history_limit,),
         )
 
@@ -326,7 +386,10 @@ def _to_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     stored = json.loads(result) if result else {}
     data["files"] = stored.get("files", [])
     data["secret_findings"] = stored.get("secret_findings", [])
-    for stamp in ("created_at", "started_at", "finished_at"):
-        if data[stamp] is not None:
-            data[stamp] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(data[stamp]))
+    for stamp in ("created_at", "started_at", "finished_at", "interrupted_at"):
+        data[stamp] = _stamp(data[stamp])
     return data
+
+
+def _stamp(seconds: float | None) -> str | None:
+    return None if seconds is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))

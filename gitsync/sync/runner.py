@@ -77,6 +77,7 @@ class SyncRunner:
         self._lanes: dict[str, _Lane] = {}
         self._not_started = 0
         self._in_flight = 0
+        self._accepting = True
         self._closing = False
 
     @property
@@ -91,7 +92,7 @@ class SyncRunner:
         key = self.service.key_for(job)
         fingerprint = job.fingerprint()
         with self._lock:
-            if self._closing:
+            if not self._accepting:
                 raise ShuttingDown(
                     "The service is shutting down; retry shortly", RETRY_AFTER_SECONDS
                 )
@@ -185,6 +186,7 @@ class SyncRunner:
                 ),
             )
             self._report_success(run, result, data)
+            self._complete_owed(run)
             run.future.set_result(result)
         finally:
             self._next_in_lane(run)
@@ -289,26 +291,84 @@ class SyncRunner:
             elif not self._closing:
                 self._pool.submit(self._execute, lane.current)
 
-    def shutdown(self) -> None:
-        """Refuse new work, let running syncs finish, end the waiting ones."""
+    def _complete_owed(self, run: Run) -> None:
+        # Jobs of this target cut off by a shutdown or a crash are done now:
+        # this run pulled the whole workspace after they were accepted.
+        completed = self.store.complete_interrupted(run.key, run.job_id)
+        if completed:
+            log.info(
+                "owed run completed: %d interrupted job(s) of this target",
+                len(completed),
+                extra={
+                    "event": "owed_run_completed",
+                    "job_id": run.job_id,
+                    "target": self._label(run),
+                    "completed_jobs": completed,
+                },
+            )
+
+    @property
+    def idle(self) -> bool:
+        """Nothing accepted is running or waiting."""
         with self._lock:
+            return not self._lanes
+
+    def unfinished(self) -> list[str]:
+        with self._lock:
+            return [
+                run.job_id
+                for lane in self._lanes.values()
+                for run in [lane.current, *lane.waiting]
+                if run is not None
+            ]
+
+    def stop_accepting(self) -> None:
+        """New syncs get 503 ``shutting_down``; accepted ones (running or waiting) go on."""
+        with self._lock:
+            self._accepting = False
+
+    def interrupt_unfinished(self, reason: str) -> list[str]:
+        """Record every accepted job that has not finished as interrupted; return their ids.
+
+        Waiting jobs never start; their callers get 503 ``shutting_down``.
+        Running ones are cut off when the process exits. Either way the job
+        store says so, and the next sync of the target completes them (the
+        tokens a re-run would need were never written down).
+        """
+        now = time.time()
+        with self._lock:
+            self._accepting = False
             self._closing = True
-            waiting = [
+            runs = [
                 r
                 for lane in self._lanes.values()
                 for r in [lane.current, *lane.waiting]
-                if r is not None and not r.started
+                if r is not None and not r.future.done()
             ]
-            for run in waiting:
-                self._not_started -= 1
+            for run in runs:
                 self.store.update(
                     run.job_id,
                     state="interrupted",
-                    finished_at=time.time(),
+                    finished_at=now,
+                    interrupted_at=now,
                     error="shutting_down",
-                    message="The service stopped before this sync started",
+                    message=f"The service stopped before this sync "
+                    f"{'finished' if run.started else 'started'} ({reason}); "
+                    "the next sync of this target completes it",
                 )
-                run.future.set_exception(
-                    ShuttingDown("The service is shutting down; retry shortly", RETRY_AFTER_SECONDS)
-                )
+                if not run.started:
+                    self._not_started -= 1
+                    run.future.set_exception(
+                        ShuttingDown(
+                            "The service is shutting down; retry shortly", RETRY_AFTER_SECONDS
+                        )
+                    )
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return [run.job_id for run in runs]
+
+    def close(self) -> None:
+        """After a clean drain: nothing is left to run."""
+        with self._lock:
+            self._accepting = False
+            self._closing = True
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -27,6 +27,7 @@ from gitsync.errors import (
     Busy,
     LengthRequired,
     RequestError,
+    ShuttingDown,
     Unauthorized,
     UnsupportedMediaType,
     WindmillGitSyncError,
@@ -37,9 +38,10 @@ from gitsync.ops.readiness import Readiness
 from gitsync.sync.history import item_history
 from gitsync.sync.jobs import JobStore
 from gitsync.sync.restore import RestoreService
-from gitsync.sync.runner import SyncRunner
+from gitsync.sync.runner import RETRY_AFTER_SECONDS, SyncRunner
 from gitsync.sync.service import SyncService, success_message
-from gitsync.web import status_page
+from gitsync.web import access_log, status_page
+from gitsync.web.drain import JOB_ID_KEY, Drain
 from gitsync.web.requests import parse_history_query, parse_restore_request, parse_sync_request
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 # Paths anyone may call even when inbound authentication is on.
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
+# What a drain turns away: new work. Reads (/health, /jobs/<id>) go on.
+REFUSED_WHILE_DRAINING = frozenset({("POST", "/sync"), ("POST", "/restore")})
 
 
 def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
@@ -59,6 +63,14 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     interrupted = store.mark_interrupted()
     if interrupted:
         log.warning("%d sync job(s) were cut short when the service last stopped", interrupted)
+    for owed in store.owed_runs():
+        log.warning(
+            "a run is owed: %d interrupted job(s) of workspace '%s'; the next sync of "
+            "this target completes them",
+            owed["interrupted_jobs"],
+            owed["workspace"],
+            extra={"event": "owed_run", **owed},
+        )
     metrics = Metrics()
     metrics.restore(store.summaries())
     alerts = (
@@ -74,6 +86,10 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
         watchdog.start()
         app.extensions["gitsync.watchdog"] = watchdog
     app.extensions["windmill_git_sync"] = runner
+    drain = Drain()
+    app.extensions["gitsync.web.drain"] = drain
+    # Outermost: the access log sees the drain's count end, and every answer.
+    app.wsgi_app = access_log.wrap(drain.wrap(app.wsgi_app))  # type: ignore[method-assign,assignment]
     openapi = _load_openapi()
     if settings.sync_auth_token is None:
         log.warning(
@@ -85,6 +101,8 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     def check_request() -> None:
         if request.path not in PUBLIC_PATHS and settings.sync_auth_token is not None:
             _check_bearer(settings.sync_auth_token.reveal())
+        if drain.draining and (request.method, request.path) in REFUSED_WHILE_DRAINING:
+            raise ShuttingDown("The service is shutting down; retry shortly", RETRY_AFTER_SECONDS)
         if request.method in ("POST", "PUT", "PATCH"):
             _check_body_framing(settings.max_body_bytes)
 
@@ -95,11 +113,15 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     @app.get("/ready")
     def ready() -> Any:
         problems = readiness.problems()
+        if drain.draining:
+            problems.insert(0, "shutting down: new syncs are refused")
+        # Owed runs do not make the service unready: the sync that completes them must get in.
+        owed = store.owed_runs()
         if problems:
-            response = jsonify(status="not ready", problems=problems)
+            response = jsonify(status="not ready", problems=problems, owed_runs=owed)
             response.status_code = 503
             return response
-        return jsonify(status="ready")
+        return jsonify(status="ready", owed_runs=owed)
 
     @app.get("/metrics")
     def prometheus_metrics() -> Any:
@@ -122,6 +144,7 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     def sync() -> Any:
         req = parse_sync_request(_json_body(), settings.git_allowed_hosts)
         ticket = runner.submit(req.to_job())
+        request.environ[JOB_ID_KEY] = ticket.job_id
         if not req.wait or "respond-async" in request.headers.get("Prefer", ""):
             response = jsonify(
                 success=True,
@@ -186,7 +209,8 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     def known_error(exc: WindmillGitSyncError) -> Any:
         job_id = getattr(exc, "job_id", None)
         # Sync jobs are logged by the runner; other failures (restores) here.
-        if exc.http_status >= 409 and job_id is None:
+        # A drain's refusals are no failure: the access log has each of them.
+        if exc.http_status >= 409 and job_id is None and not isinstance(exc, ShuttingDown):
             log.error(
                 "sync failed: %s",
                 exc.message,
@@ -250,10 +274,11 @@ def _check_bearer(expected: str) -> None:
 
 
 def _check_body_framing(limit: int) -> None:
-    # A WSGI server may silently truncate a chunked body at the limit and let
-    # the request through (shared security notes T4): demand a length.
+    # waitress de-chunks HTTP/1.1 bodies within max_request_body_size (413
+    # beyond it), and they arrive here with a Content-Length. A body still
+    # marked chunked (HTTP/1.0) was not de-chunked: it would read as empty.
     if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
-        raise LengthRequired("Chunked request bodies are not accepted; send Content-Length")
+        raise LengthRequired("Chunked request bodies need HTTP/1.1; send Content-Length")
     length = request.content_length
     if length is None:
         raise LengthRequired("Request body needs a Content-Length header")

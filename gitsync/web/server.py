@@ -1,10 +1,10 @@
-"""Serving the app with gunicorn, configured for syncs that take minutes.
+"""Serving the app with waitress, configured for syncs that take minutes.
 
-One worker process (target locks and, later, job state live in memory) with
-threads, so a long sync never blocks ``/health``. gunicorn's ``timeout`` is a
-worker heartbeat under ``gthread``, not a request limit: our own deadlines
-bound each sync, and ``graceful_timeout`` lets an in-flight sync finish on
-SIGTERM (``docker stop``).
+One process (target locks and job state live in memory) with a thread per
+request being served; slow clients cost a connection slot, not a thread,
+because waitress's event loop reads whole requests before a thread sees
+them. The values below answer the findings of the waitress study
+(docs/waitress.md in the shared notes); the drain is in ``drain.py``.
 """
 
 from __future__ import annotations
@@ -13,64 +13,79 @@ import logging
 import os
 from typing import Any
 
-from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+from waitress.server import create_server  # type: ignore[import-untyped]
 
 from gitsync.config import Settings
+from gitsync.sync.runner import SyncRunner
 from gitsync.web.app import create_app
+from gitsync.web.drain import EXIT_DRAINED, Drain, run_until_signalled
+from gitsync.web.http_refusals import RefusingChannel
 
 log = logging.getLogger(__name__)
 
-# Seconds on top of the sync deadline for answering and closing connections.
-SHUTDOWN_MARGIN = 30
-_SHM = "/dev/shm"  # noqa: S108 - gunicorn's documented choice for worker_tmp_dir
+# The default (100, of which waitress keeps 2) is used up by a few slow or idle
+# clients; about 3 file descriptors each (the image's limit is far above).
+CONNECTION_LIMIT = 1000
+# Larger headers get 431; ours are a few hundred bytes.
+MAX_HEADER_BYTES = 16 * 1024
+# How often idle connections are looked for (they live IDLE_CONNECTION_TIMEOUT to + this).
+CLEANUP_INTERVAL = 10
+# The Server header: no version for a scanner to match.
+SERVER_NAME = "windmill-git-sync"
 
 
-def gunicorn_options(settings: Settings) -> dict[str, Any]:
+def waitress_options(settings: Settings) -> dict[str, Any]:
     return {
-        "bind": f"{settings.host}:{settings.port}",
-        "workers": 1,
-        "worker_class": "gthread",
-        "threads": settings.http_threads,
-        "timeout": 60,
-        "graceful_timeout": int(settings.sync_timeout) + SHUTDOWN_MARGIN,
-        "keepalive": 5,
-        "limit_request_line": 4094,
-        "limit_request_fields": 50,
-        "limit_request_field_size": 8190,
-        # The access log never shows bodies or headers (bodies carry tokens).
-        "accesslog": "-",
-        "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
-        "errorlog": "-",
-        "loglevel": settings.log_level.lower(),
-        # The heartbeat file; a read-only root filesystem still has /dev/shm.
-        "worker_tmp_dir": _SHM if os.path.isdir(_SHM) else None,
-        "control_socket_disable": True,
-        "worker_exit": _drain_runner,
+        "host": settings.host,
+        "port": settings.port,
+        "threads": settings.server_threads,
+        "connection_limit": CONNECTION_LIMIT,
+        # select() crashes on a file descriptor past 1024; poll() does not.
+        "asyncore_use_poll": True,
+        "channel_timeout": settings.idle_connection_timeout,
+        "cleanup_interval": min(CLEANUP_INTERVAL, settings.idle_connection_timeout),
+        "max_request_header_size": MAX_HEADER_BYTES + 1,  # refused at >=, as the body
+        # waitress refuses a body of this size or more: one byte over the limit
+        # lets a body of exactly MAX_BODY_BYTES in. Refused with 413 before it is read.
+        "max_request_body_size": settings.max_body_bytes + 1,
+        "ident": SERVER_NAME,
+        # X-Forwarded-* from anyone are dropped, never trusted.
+        "clear_untrusted_proxy_headers": True,
+        "expose_tracebacks": False,
     }
 
 
-def _drain_runner(server: Any, worker: Any) -> None:
-    # gunicorn has stopped accepting and finished in-flight requests (within
-    # graceful_timeout); syncs started with "wait": false may still run.
-    app = getattr(worker, "wsgi", None)
-    runner = getattr(app, "extensions", {}).get("windmill_git_sync")
-    if runner is not None:
-        runner.shutdown()
-
-
-class _Server(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        super().__init__()
-
-    def load_config(self) -> None:
-        for key, value in gunicorn_options(self.settings).items():
-            if value is not None and key in self.cfg.settings:
-                self.cfg.set(key, value)
-
-    def load(self) -> Any:
-        return create_app(self.settings)
-
-
-def serve(settings: Settings) -> None:
-    _Server(settings).run()
+def serve(settings: Settings) -> int:
+    """Serve until a signal, drain, and return the exit code (see ``drain.run_until_signalled``)."""
+    app = create_app(settings)
+    drain: Drain = app.extensions["gitsync.web.drain"]
+    runner: SyncRunner = app.extensions["windmill_git_sync"]
+    server = create_server(app, **waitress_options(settings))
+    server.channel_class = RefusingChannel  # JSON refusals, logged, and no 100 before a 413
+    port = int(server.effective_port)
+    # The one line that says where the service is (PORT=0 picks a free port).
+    log.info(
+        "listening on http://%s:%d",
+        server.effective_host,
+        port,
+        extra={
+            "event": "listening",
+            "host": server.effective_host,
+            "port": port,
+            "threads": settings.server_threads,
+            "shutdown_grace_seconds": settings.shutdown_grace,
+        },
+    )
+    waiting_syncs = settings.max_concurrent_syncs + settings.max_queued_syncs
+    if settings.server_threads <= waiting_syncs:
+        log.warning(
+            "HTTP_THREADS (%d) is not above MAX_CONCURRENT_SYNCS + MAX_QUEUED_SYNCS (%d): "
+            "/health may wait behind syncs that callers wait for",
+            settings.server_threads,
+            waiting_syncs,
+        )
+    code = run_until_signalled(server, drain, runner, settings.shutdown_grace)
+    if code != EXIT_DRAINED:
+        # Sync threads may still be running; they are not waited for.
+        os._exit(code)
+    return code

@@ -42,6 +42,7 @@ _TEMPLATE = """<!doctype html>
   <dt>Last success</dt><dd>{{ t.last_success or 'never' }}{% if t.age %} ({{ t.age }} ago){% endif %}</dd>
   <dt>Last commit</dt><dd><code>{{ t.last_commit or '-' }}</code></dd>
   <dt>State</dt><dd>{{ t.state }}</dd>
+  {% if t.owed_jobs %}<dt>Owed run</dt><dd class="err">{{ t.owed_jobs }} interrupted sync{{ '' if t.owed_jobs == 1 else 's' }}: the next sync of this target completes {{ 'it' if t.owed_jobs == 1 else 'them' }}</dd>{% endif %}
   {% if t.last_error %}<dt>Last error</dt><dd class="err">{{ t.last_error }}</dd>{% endif %}
  </dl>
  <svg width="{{ 30 * 9 }}" height="44" role="img" aria-label="last {{ t.recent|length }} syncs">

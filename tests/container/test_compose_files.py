@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from gitsync.config import Settings
 from tests.container.service import REPO_ROOT, SERVICE, compose_run_flags, compose_service
 
 
@@ -42,6 +43,9 @@ def test_compose_block_runs_the_service_safely() -> None:
     assert not service.get("ports"), "the service must not be published on the host"
     grace = re.fullmatch(r"(\d+)m", service["stop_grace_period"])
     assert grace and int(grace.group(1)) * 60 >= 900 + 30, "shorter than SYNC_TIMEOUT + margin"
+    # The drain must end (and record what it cut off) before Docker's SIGKILL.
+    defaults = Settings()
+    assert defaults.sync_timeout < defaults.shutdown_grace <= int(grace.group(1)) * 60 - 20
     assert "init" not in service, "the image's entrypoint is tini already"
     compose_run_flags(service)  # every key has a `docker run` equivalent the container test uses
 

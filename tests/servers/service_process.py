@@ -1,7 +1,7 @@
 """The real service, started the way `make run` and the image start it.
 
-``windmill-git-sync serve`` runs gunicorn bound to port 0; the port is read
-back from gunicorn's own "Listening at" line.
+``windmill-git-sync serve`` runs waitress bound to port 0; the port is read
+back from the service's own "listening on" log line.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import requests
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WMILL_CLI = REPO_ROOT / "node_modules" / "windmill-cli" / "esm" / "main.js"
-_LISTENING = re.compile(r"Listening at: http://([0-9.]+):(\d+)")
+_LISTENING = re.compile(r"listening on http://([0-9.]+):(\d+)")
 
 
 class RecordingClient:
@@ -45,8 +45,16 @@ class RecordingClient:
 
 
 class ServiceProcess(RecordingClient):
-    def __init__(self, *, data_dir: Path, log_path: Path, env: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        log_path: Path,
+        env: Mapping[str, str],
+        prefix: Sequence[str] = (),
+    ) -> None:
         self.data_dir = data_dir
+        self.prefix = list(prefix)  # e.g. `unshare --pid --fork`: the service runs as PID 1
         self.log_path = log_path
         self.extra_env = dict(env)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -69,7 +77,7 @@ class ServiceProcess(RecordingClient):
         exe = Path(sys.executable).parent / "windmill-git-sync"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(exe), "serve"],
+            [*self.prefix, str(exe), "serve"],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
