@@ -71,24 +71,23 @@ def item_history(
         raise NotFound(
             "This service has not backed up that workspace to that repository and branch yet"
         )
-    repo = GitRepo(
+    with GitRepo(
         settings=settings,
         git_dir=root / "repo.git",
-        work_tree=root / "worktree",
-        home=root / "home",
         remote_url=query.remote_url,
         branch=query.branch,
         token=Secret(""),
         username="git",
         redactor=NO_SECRETS,
         deadline=Deadline(settings.command_timeout),
-    )
-    ref = repo.local_ref if repo.rev_parse(repo.local_ref) else repo.tracking_ref
-    if repo.rev_parse(ref) is None:
-        return []
+    ) as repo:
+        ref = repo.local_ref if repo.rev_parse(repo.local_ref) else repo.tracking_ref
+        if repo.rev_parse(ref) is None:
+            return []
+        log = repo.log_touching(ref, query.path_prefix)
     found: list[dict[str, object]] = []
     prefix = query.path_prefix
-    for commit, date, author, subject, files in repo.log_touching(ref, prefix):
+    for commit, date, author, subject, files in log:
         touched = [
             f
             for f in files

@@ -21,9 +21,9 @@ from pydantic import (
     field_validator,
 )
 
-from .credentials import default_username
 from .errors import RequestError
 from .git import Identity
+from .git_transport import default_username
 from .restore import RestoreJob
 from .secrets import Secret
 from .sync import SyncJob
