@@ -16,9 +16,12 @@ from __future__ import annotations
 import errno
 import logging
 import re
+import socket
 import ssl
 import tempfile
+import threading
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -46,9 +49,12 @@ from dulwich.objects import ObjectID
 from dulwich.pack import UnresolvedDeltas
 from dulwich.refs import Ref
 from dulwich.repo import Repo
+from urllib3.connection import HTTPSConnection
+from urllib3.connectionpool import HTTPSConnectionPool
 
 from .deadline import Deadline
 from .errors import GitAuthError, GitError, SyncTimeout
+from .git_trees import local_store
 from .secrets import Redactor, Secret
 
 log = logging.getLogger(__name__)
@@ -113,6 +119,62 @@ class _SmartHttpClient(Urllib3HttpGitClient):
         return found
 
 
+class _Watchdog:
+    """Cuts every connection of one remote when the sync's deadline passes.
+
+    Timeouts bound each read, but a server that trickles a byte now and then
+    never trips them: at the deadline the sockets are shut down, the blocked
+    read returns, and the sync ends with its timeout error instead of
+    outliving it (the git binary was killed for this).
+    """
+
+    def __init__(self, deadline: Deadline) -> None:
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self.expired = False
+        self._timer = threading.Timer(max(deadline.remaining(), 0), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+            if self.expired:
+                self._cut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in list(self._sockets):
+                self._cut(sock)
+
+    @staticmethod
+    def _cut(sock: socket.socket) -> None:
+        try:
+            # The base class's shutdown: SSLSocket's would tear down the SSL
+            # object under the reading thread.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def pool_class(self) -> type[HTTPSConnectionPool]:
+        watchdog = self
+
+        class WatchedConnection(HTTPSConnection):
+            def connect(self) -> None:
+                super().connect()
+                if self.sock is not None:
+                    watchdog.track(self.sock)
+
+        class WatchedPool(HTTPSConnectionPool):
+            ConnectionCls = WatchedConnection
+
+        return WatchedPool
+
+
 @dataclass
 class Remote:
     """One remote repository: how to reach it, with what, until when."""
@@ -134,12 +196,14 @@ class Remote:
         self._origin = f"https://{parts.netloc}/"
         self._path = parts.path or "/"
         self._pool: urllib3.PoolManager | None = None
+        self._watchdog: _Watchdog | None = None
 
-    def _client(self) -> _SmartHttpClient:
+    def _client(self, what: str) -> _SmartHttpClient:
         left = self.deadline.remaining()
         if left <= 0:
-            raise SyncTimeout(self.deadline.what, self.deadline.seconds)
+            raise SyncTimeout(f"the {what}", self.deadline.seconds)
         if self._pool is None:
+            self._watchdog = _Watchdog(self.deadline)
             self._pool = urllib3.PoolManager(
                 cert_reqs=ssl.CERT_REQUIRED,
                 ca_certs=str(self.ca_file) if self.ca_file else _system_ca_file(),
@@ -149,6 +213,8 @@ class Remote:
                 num_pools=2,
                 maxsize=2,
             )
+            # No plain-http pool at all, and https ones whose sockets the watchdog knows.
+            self._pool.pool_classes_by_scheme = {"https": self._watchdog.pool_class()}
         config = ConfigDict()
         config.set((b"http",), b"postBuffer", _POST_BUFFER)
         timeout = urllib3.Timeout(
@@ -168,6 +234,9 @@ class Remote:
         if self._pool is not None:
             self._pool.clear()
             self._pool = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
 
     # -- operations ----------------------------------------------------------
 
@@ -199,7 +268,7 @@ class Remote:
                     f"({self.max_fetch_bytes} bytes); nothing was stored"
                 )
             if self.deadline.remaining() <= 0:
-                raise SyncTimeout(self.deadline.what, self.deadline.seconds)
+                raise SyncTimeout("the Git fetch", self.deadline.seconds)
             return spool.write(data)
 
         def determine_wants(
@@ -207,16 +276,18 @@ class Remote:
         ) -> list[ObjectID]:
             return wants(refs)
 
+        with local_store("Reading the repository"):
+            walker = repo.get_graph_walker()  # sends what we have: reads every local head
         with (
             tempfile.SpooledTemporaryFile(
                 max_size=4 * 1024 * 1024, dir=str(repo.object_store.path), prefix="incoming-"
             ) as spool,
             self._errors("Git fetch"),
         ):
-            result: FetchPackResult = self._client().fetch_pack(
+            result: FetchPackResult = self._client("Git fetch").fetch_pack(
                 self._path.encode(),
                 determine_wants,
-                repo.get_graph_walker(),
+                walker,
                 sink,
                 depth=depth,
                 ref_prefix=list(ref_prefix),
@@ -250,7 +321,9 @@ class Remote:
 
         try:
             with self._errors("Git push"):
-                result = self._client().send_pack(self._path.encode(), update_refs, generate)
+                result = self._client("Git push").send_pack(
+                    self._path.encode(), update_refs, generate
+                )
         except RemoteMoved:
             return PushOutcome(ok=False, rejected_non_fast_forward=True)
         # A refusal does not raise: it is a status per ref (None: accepted).
@@ -301,6 +374,10 @@ def classify(exc: BaseException, what: str, redactor: Redactor, deadline: Deadli
     """A message a user can act on, with the same codes and words as ever."""
     text = redactor.scrub(f"{type(exc).__name__}: {exc}")
     detail = text[-2000:]
+    if deadline.remaining() <= 0:
+        # Whatever broke (a read timing out, the watchdog cutting the
+        # connection), the sync ran out of time.
+        return SyncTimeout(f"the {what}", deadline.seconds)
     if isinstance(exc, HTTPUnauthorized) or re.search(r"unexpected http resp 40[37]", text):
         return GitAuthError(
             f"{what} failed: authentication error (check git_token and that it "
@@ -331,8 +408,6 @@ def classify(exc: BaseException, what: str, redactor: Redactor, deadline: Deadli
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
         return GitError(f"{what} failed: no space left on the service's disk", detail=detail)
     if "timed out" in text.lower() or "timeout" in text.lower():
-        if deadline.remaining() <= 0:
-            return SyncTimeout(deadline.what, deadline.seconds)
         return GitError(
             f"{what} failed: could not reach the Git host (it stopped answering)",
             detail=detail,
