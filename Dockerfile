@@ -20,10 +20,12 @@
 ARG BASE_IMAGE=debian:bookworm-slim
 
 # --- What the runtime needs; the build stages start from it as well ---------
+# No git: the service speaks Git in-process (dulwich), so neither git nor the
+# Perl it pulls in is installed.
 FROM ${BASE_IMAGE} AS runtime-base
 RUN set -eux; \
     apt-get update; \
-    apt-get install -y --no-install-recommends ca-certificates git python3 tini; \
+    apt-get install -y --no-install-recommends ca-certificates python3 tini; \
     rm -rf /var/lib/apt/lists/*; \
     groupadd --system --gid 10001 wgs; \
     useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
