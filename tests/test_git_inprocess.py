@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.conftest import Target, files_under, new_target, plain_pull, start_service
+from tests.conftest import Target, files_under, made, new_target, plain_pull, start_service
 from tests.servers.git_server import GitHttpServer
 from tests.servers.service_process import ServiceProcess
 from windmill_git_sync.config import Settings
@@ -100,6 +101,7 @@ def service_rss_peak(service: ServiceProcess) -> int:
 def own_service(
     tmp_path: Path, windmill, ca_pem: Path | None, **env: str
 ) -> Iterator[ServiceProcess]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     proc = start_service(tmp_path, windmill, ca_pem, **env)
     try:
         yield proc
@@ -247,8 +249,17 @@ def test_a_zip_bomb_blob_never_reaches_the_service(
         assert response.status_code == 200, response.text
         peak = service_rss_peak(service)
     assert peak < 150 * 2**20, f"service peak RSS {peak / 2**20:.0f} MiB"
-    log = target.log()
-    assert log[1] == bomb and git_server.parents(target.repo, log[0]) == [bomb]
+    ours = made(response.json())
+    assert target.log()[: len(ours) + 1] == [*ours, bomb]
+    # Built on the bomb's commit without ever holding the blob: it is still in the tree.
+    assert git_server.parents(target.repo, ours[-1]) == [bomb]
+    listing = subprocess.run(
+        ["git", "--git-dir", str(git_server.repo_path(target.repo)), "ls-tree", "main", "bomb.bin"],
+        capture_output=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    assert listing.endswith(b"\tbomb.bin\n")
     git_server.fsck(target.repo)
 
 
@@ -352,7 +363,7 @@ def test_a_push_racing_another_is_rebuilt_never_forced(
     log = target.log()
     assert raced and log[0] == response.json()["commit"]
     # Built on the other commit, which is kept: a fast-forward, never a force.
-    assert log[1:] == [raced[0], first]
+    assert log[1:3] == [raced[0], first]
     assert git_server.parents(target.repo, log[0]) == [raced[0]]
     tree = target.tree()
     assert tree["docs/other.md"] == b"theirs\n" and "f/team/racing.sh" in tree
@@ -431,5 +442,5 @@ def test_packs_and_open_files_stay_bounded_over_many_syncs(
     assert max(packs_seen) <= MAX_PACKS + 1, packs_seen
     assert min(packs_seen[MAX_PACKS + 2 :]) < MAX_PACKS, packs_seen  # a repack happened
     assert fds_seen[-1] <= fds_seen[4] + 5, fds_seen
-    assert len(target.log()) == len(packs_seen)
+    assert len(target.log()) >= len(packs_seen)
     target.git_server.fsck(target.repo)
