@@ -21,7 +21,7 @@ from dulwich.objects import Commit, ObjectID, ShaFile, Tag
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from . import git_trees, git_walk
+from . import git_repair, git_trees, git_walk
 from .config import Settings
 from .deadline import Deadline
 from .errors import GitError
@@ -122,7 +122,7 @@ class GitRepo:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _get(self, sha: ObjectID) -> ShaFile:
+    def get(self, sha: ObjectID) -> ShaFile:
         found = self._pending.get(sha)
         return found if found is not None else self.repo.object_store[sha]
 
@@ -138,26 +138,7 @@ class GitRepo:
             # default_branch given: dulwich would otherwise read init.defaultBranch
             # from the ambient configuration.
             Repo.init_bare(str(self.git_dir), default_branch=b"main").close()
-        self._remove_debris()
-
-    def _remove_debris(self) -> None:
-        # Callers hold the target's lock, so a lock file or temporary pack here
-        # belongs to a run that was killed: dulwich never cleans them up, and a
-        # stale ref lock would fail every later update (docs: dulwich.md 9).
-        found = list(self.git_dir.glob("*.lock"))
-        for sub in ("refs", "logs", "objects"):
-            if (self.git_dir / sub).is_dir():
-                found.extend((self.git_dir / sub).rglob("*.lock"))
-        objects = self.git_dir / "objects"
-        found.extend(objects.glob("tmp_pack_*"))
-        found.extend(objects.glob("incoming-*"))
-        found.extend((objects / "pack").glob("tmp*"))
-        # What the git binary of earlier versions kept beside the repository.
-        found.extend(self.git_dir / name for name in ("index", "scratch-index", "export-index"))
-        for path in found:
-            if path.is_file():
-                log.warning("removing stale git file %s", path.relative_to(self.git_dir))
-                path.unlink(missing_ok=True)
+        git_repair.remove_debris(self.git_dir)
 
     def recover_after_crash(self) -> None:
         """Repair what a killed run may have left; move a broken repository aside.
@@ -168,8 +149,9 @@ class GitRepo:
         the next fetch fills it from the remote.
         """
         self.close()
-        self._remove_debris()
-        problem = self._connectivity_problem()
+        git_repair.remove_debris(self.git_dir)
+        with local_store("Checking the repository"):
+            problem = git_repair.connectivity_problem(self.repo)
         self.close()
         if problem is not None:
             aside = self.git_dir.with_name(f"corrupt-{int(time.time())}.git")
@@ -182,28 +164,10 @@ class GitRepo:
             self.git_dir.rename(aside)
             self.ensure_initialized()
 
-    def _connectivity_problem(self) -> str | None:
-        """What ``git fsck --connectivity-only`` would find wrong, roughly; None if fine."""
-        try:
-            refs = self.repo.refs.as_dict()
-            shallow = self.repo.get_shallow()
-            for name, sha in refs.items():
-                if name == b"HEAD" or not name.startswith(b"refs/"):
-                    continue
-                commit = self._peel(sha)
-                # Every tree of each tip (blobs may be left out by the fetch filter)...
-                git_trees.entries_of(self._get, commit.tree)
-                # ...and its history, down to where the fetch cut it.
-                for _ in git_walk.history(self._get, commit.id, shallow):
-                    pass
-        except (KeyError, RepositoryCorrupt, *git_trees.DAMAGE) as exc:
-            return f"{type(exc).__name__}: {exc}"[:2000]
-        return None
-
-    def _peel(self, sha: ObjectID) -> Commit:
-        obj = self._get(sha)
+    def peel(self, sha: ObjectID) -> Commit:
+        obj = self.get(sha)
         while isinstance(obj, Tag):
-            obj = self._get(obj.object[1])
+            obj = self.get(obj.object[1])
         if not isinstance(obj, Commit):
             raise KeyError(sha)
         return obj
@@ -216,20 +180,20 @@ class GitRepo:
     def has_commit(self, commit: str) -> bool:
         with local_store("Reading the repository"):
             try:
-                return isinstance(self._get(_oid(commit)), Commit)
+                return isinstance(self.get(_oid(commit)), Commit)
             except KeyError:
                 return False
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         """Is ``ancestor`` in the history of ``descendant``? Fetches history if it must."""
         with local_store("Reading the history"):
-            found = git_walk.reaches(self._get, _oid(descendant), _oid(ancestor))
+            found = git_walk.reaches(self.get, _oid(descendant), _oid(ancestor))
         if found is None:
             # The walk ran into the edge of a shallow fetch: get the branch's
             # whole history (trees and commits only) and look again.
             self._fetch_history()
             with local_store("Reading the history"):
-                found = git_walk.reaches(self._get, _oid(descendant), _oid(ancestor))
+                found = git_walk.reaches(self.get, _oid(descendant), _oid(ancestor))
         return bool(found)
 
     def update_ref(self, ref: str, new: str, old: str | None = None, *, reason: str) -> None:
@@ -279,9 +243,9 @@ class GitRepo:
         """The tree of ``base`` with the export (and README) in place; built in memory."""
         with local_store("Preparing the commit"):
             try:
-                base_tree = self._peel(_oid(base)).tree if base else None
+                base_tree = self.peel(_oid(base)).tree if base else None
                 tree = git_trees.stage_export(
-                    self._get, base_tree, export, prefix, readme, self._pending
+                    self.get, base_tree, export, prefix, readme, self._pending
                 )
             except KeyError as exc:
                 raise GitError(
@@ -294,26 +258,26 @@ class GitRepo:
         if commit is None:
             return EMPTY_TREE_HEX
         with local_store("Reading a commit"):
-            return str(self._peel(_oid(commit)).tree.decode())
+            return str(self.peel(_oid(commit)).tree.decode())
 
     def list_files(self, commit: str | None) -> list[str]:
         if commit is None:
             return []
         with local_store("Reading a tree"):
-            return list(git_trees.entries_of(self._get, self._peel(_oid(commit)).tree))
+            return list(git_trees.entries_of(self.get, self.peel(_oid(commit)).tree))
 
     def ls_tree(self, tree: str) -> dict[str, Entry]:
         with local_store("Reading a tree"):
-            return git_trees.entries_of(self._get, _oid(tree))
+            return git_trees.entries_of(self.get, _oid(tree))
 
     def diff_trees(self, old_tree: str, new_tree: str) -> list[Change]:
         with local_store("Comparing trees"):
-            return git_trees.diff(self._get, _oid(old_tree), _oid(new_tree))
+            return git_trees.diff(self.get, _oid(old_tree), _oid(new_tree))
 
     def tree_with(self, base_tree: str, updates: dict[str, Entry | None]) -> str:
         with local_store("Building a tree"):
             return git_trees.with_updates(
-                self._get, _oid(base_tree), updates, self._pending
+                self.get, _oid(base_tree), updates, self._pending
             ).decode()
 
     def commit_tree(
@@ -332,7 +296,7 @@ class GitRepo:
 
     # -- remote ------------------------------------------------------------
 
-    def _remote_session(self) -> Remote:
+    def remote(self) -> Remote:
         if self._remote is None:
             self._remote = Remote(
                 url=self.remote_url,
@@ -345,7 +309,7 @@ class GitRepo:
             )
         return self._remote
 
-    def _wanted(self, refs: Mapping[Ref, ObjectID], names: list[Ref]) -> list[ObjectID]:
+    def wanted(self, refs: Mapping[Ref, ObjectID], names: list[Ref]) -> list[ObjectID]:
         store = self.repo.object_store
         with local_store("Reading the repository"):
             return [refs[n] for n in names if n in refs and refs[n] not in store]
@@ -353,9 +317,9 @@ class GitRepo:
     def fetch_tip(self) -> str | None:
         """The branch's commit on the remote (fetched if new here), or None if absent."""
         ref = _ref(self.remote_ref)
-        refs = self._remote_session().fetch(
+        refs = self.remote().fetch(
             self.repo,
-            lambda refs: self._wanted(refs, [ref]),
+            lambda refs: self.wanted(refs, [ref]),
             ref_prefix=[ref],
             depth=1,
             filter_spec=SYNC_FETCH_FILTER,
@@ -370,64 +334,13 @@ class GitRepo:
     def _fetch_history(self) -> None:
         ref = _ref(self.remote_ref)
         log.info("fetching the history of %s to compare commits", self.branch)
-        self._remote_session().fetch(
+        self.remote().fetch(
             self.repo,
             lambda refs: [refs[ref]] if ref in refs else [],
             ref_prefix=[ref],
             depth=_ALL_HISTORY,
             filter_spec=SYNC_FETCH_FILTER,
         )
-
-    def fetch_all(self) -> None:
-        """Every branch and tag of the remote, whole (for restores from any reference)."""
-        prefixes = [Ref(b"refs/heads/"), Ref(b"refs/tags/")]
-        refs = self._remote_session().fetch(
-            self.repo,
-            lambda refs: self._wanted(refs, [n for n in refs if not n.endswith(b"^{}")]),
-            ref_prefix=prefixes,
-            depth=None,
-            filter_spec=None,
-        )
-        with local_store("Updating refs"):
-            current = self.repo.refs.as_dict()
-            advertised = {}
-            for name, sha in refs.items():
-                if name.endswith(b"^{}") or not name.startswith(tuple(prefixes)):
-                    continue
-                local = Ref(name.replace(b"refs/heads/", b"refs/remotes/origin/", 1))
-                advertised[local] = sha
-            for name in current:
-                if name.startswith(b"refs/remotes/origin/") and name not in advertised:
-                    self.delete_ref(name.decode())  # --prune
-            for name, sha in advertised.items():
-                if current.get(name) != sha and sha in self.repo.object_store:
-                    self.update_ref(name.decode(), sha.decode(), reason="windmill-git-sync: fetch")
-
-    def resolve(self, ref: str) -> str | None:
-        """A fetched branch, a tag, or a commit id (full or abbreviated) to a commit id."""
-        with local_store("Reading the repository"):
-            refs = self.repo.refs.as_dict()
-            for name in (f"refs/remotes/origin/{ref}", f"refs/tags/{ref}"):
-                sha = refs.get(_ref(name))
-                if sha is not None:
-                    try:
-                        return self._peel(sha).id.decode()
-                    except KeyError:
-                        return None
-            return git_walk.commit_by_prefix(self.repo.object_store, ref)
-
-    def export_tree(self, commit: str, prefix: str, dest: Path) -> None:
-        """Write the files of ``commit:prefix`` into ``dest``; only validated paths."""
-        with local_store("Reading a tree"):
-            git_walk.export(self._get, self._peel(_oid(commit)).tree, prefix, dest)
-
-    def log_touching(self, ref: str, prefix: str) -> list[tuple[str, str, str, str, list[str]]]:
-        """(commit, date, author, subject, files) per commit under ``prefix``, newest first."""
-        sha = self.rev_parse(ref)
-        if sha is None:
-            return []
-        with local_store("Reading the history"):
-            return list(git_walk.log(self._get, _oid(sha), prefix, self.repo.get_shallow()))
 
     def push(self, commit: str, expected: str | None) -> PushOutcome:
         """Make the remote branch ``commit`` if it still is ``expected`` (None: absent)."""
@@ -440,7 +353,7 @@ class GitRepo:
         def generate(have: object, want: object, ofs_delta: bool = False, progress: object = None):  # type: ignore[no-untyped-def]
             return repo.generate_pack_data(set(have), set(want), ofs_delta=ofs_delta)  # type: ignore[call-overload]
 
-        return self._remote_session().push(
+        return self.remote().push(
             repo,
             _ref(self.remote_ref),
             _oid(commit),

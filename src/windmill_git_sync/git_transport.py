@@ -16,12 +16,9 @@ from __future__ import annotations
 import errno
 import logging
 import re
-import socket
 import ssl
 import tempfile
-import threading
 import urllib.parse
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -34,7 +31,6 @@ from dulwich.client import (
     HTTPProxyUnauthorized,
     HTTPUnauthorized,
     InvalidWants,
-    Urllib3HttpGitClient,
 )
 from dulwich.config import ConfigDict
 from dulwich.errors import (
@@ -49,11 +45,10 @@ from dulwich.objects import ObjectID
 from dulwich.pack import UnresolvedDeltas
 from dulwich.refs import Ref
 from dulwich.repo import Repo
-from urllib3.connection import HTTPSConnection
-from urllib3.connectionpool import HTTPSConnectionPool
 
 from .deadline import Deadline
 from .errors import GitAuthError, GitError, SyncTimeout
+from .git_http import SmartHttpClient, Watchdog, system_ca_file
 from .git_trees import local_store
 from .secrets import Redactor, Secret
 
@@ -101,80 +96,6 @@ class PushOutcome:
     rejected_non_fast_forward: bool = False
 
 
-class _SmartHttpClient(Urllib3HttpGitClient):
-    """dulwich's client, refusing a server that answers as dumb HTTP.
-
-    dulwich silently falls back to the dumb protocol (dozens of plain GETs,
-    no negotiation, no compare-and-swap) when ``info/refs`` comes back as
-    anything but ``application/x-git-*``; we stop right after discovery.
-    """
-
-    def _discover_references(self, *args: Any, **kwargs: Any) -> Any:
-        found = super()._discover_references(*args, **kwargs)
-        if self.dumb:
-            raise GitError(
-                "the Git host does not speak Git's smart HTTP protocol "
-                "(it answered as a plain file server); refusing it"
-            )
-        return found
-
-
-class _Watchdog:
-    """Cuts every connection of one remote when the sync's deadline passes.
-
-    Timeouts bound each read, but a server that trickles a byte now and then
-    never trips them: at the deadline the sockets are shut down, the blocked
-    read returns, and the sync ends with its timeout error instead of
-    outliving it (the git binary was killed for this).
-    """
-
-    def __init__(self, deadline: Deadline) -> None:
-        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
-        self._lock = threading.Lock()
-        self.expired = False
-        self._timer = threading.Timer(max(deadline.remaining(), 0), self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-
-    def track(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.add(sock)
-            if self.expired:
-                self._cut(sock)
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in list(self._sockets):
-                self._cut(sock)
-
-    @staticmethod
-    def _cut(sock: socket.socket) -> None:
-        try:
-            # The base class's shutdown: SSLSocket's would tear down the SSL
-            # object under the reading thread.
-            socket.socket.shutdown(sock, socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-    def pool_class(self) -> type[HTTPSConnectionPool]:
-        watchdog = self
-
-        class WatchedConnection(HTTPSConnection):
-            def connect(self) -> None:
-                super().connect()
-                if self.sock is not None:
-                    watchdog.track(self.sock)
-
-        class WatchedPool(HTTPSConnectionPool):
-            ConnectionCls = WatchedConnection
-
-        return WatchedPool
-
-
 @dataclass
 class Remote:
     """One remote repository: how to reach it, with what, until when."""
@@ -196,17 +117,17 @@ class Remote:
         self._origin = f"https://{parts.netloc}/"
         self._path = parts.path or "/"
         self._pool: urllib3.PoolManager | None = None
-        self._watchdog: _Watchdog | None = None
+        self._watchdog: Watchdog | None = None
 
-    def _client(self, what: str) -> _SmartHttpClient:
+    def _client(self, what: str) -> SmartHttpClient:
         left = self.deadline.remaining()
         if left <= 0:
             raise SyncTimeout(f"the {what}", self.deadline.seconds)
         if self._pool is None:
-            self._watchdog = _Watchdog(self.deadline)
+            self._watchdog = Watchdog(self.deadline)
             self._pool = urllib3.PoolManager(
                 cert_reqs=ssl.CERT_REQUIRED,
-                ca_certs=str(self.ca_file) if self.ca_file else _system_ca_file(),
+                ca_certs=str(self.ca_file) if self.ca_file else system_ca_file(),
                 # No retries means no redirects either: a 3xx is an answer we refuse.
                 retries=False,
                 headers={"User-Agent": _USER_AGENT},
@@ -220,7 +141,7 @@ class Remote:
         timeout = urllib3.Timeout(
             connect=min(CONNECT_TIMEOUT, left), read=min(READ_TIMEOUT, max(left, 0.1))
         )
-        return _SmartHttpClient(
+        return SmartHttpClient(
             self._origin,
             pool_manager=self._pool,
             config=config,
@@ -420,10 +341,3 @@ def classify(exc: BaseException, what: str, redactor: Redactor, deadline: Deadli
             f"{what} failed: could not reach the Git host", detail=detail, transient=True
         )
     return GitError(f"{what} failed ({type(exc).__name__})", detail=detail)
-
-
-def _system_ca_file() -> str | None:
-    # OpenSSL's default bundle, named explicitly: with ca_certs=None urllib3
-    # would still load it, but SSL_CERT_FILE from the environment would win.
-    cafile = ssl.get_default_verify_paths().openssl_cafile
-    return cafile if Path(cafile).is_file() else None

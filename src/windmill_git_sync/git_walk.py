@@ -30,6 +30,10 @@ _log = logging.getLogger(__name__)
 _HEX = re.compile(r"[0-9a-f]{7,40}")
 
 
+def object_id(sha: str) -> ObjectID:
+    return ObjectID(sha.encode("ascii"))
+
+
 def _commit(get: Lookup, sha: ObjectID) -> Commit:
     obj = get(sha)
     if not isinstance(obj, Commit):

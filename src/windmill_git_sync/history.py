@@ -14,6 +14,7 @@ from .config import Settings
 from .deadline import Deadline
 from .errors import NotFound, RequestError
 from .git import GitRepo
+from .git_restore import log_touching
 from .secrets import NO_SECRETS, Secret
 from .sync import target_key
 from .sync_request import canonical_remote_url, is_valid_branch
@@ -84,7 +85,7 @@ def item_history(
         ref = repo.local_ref if repo.rev_parse(repo.local_ref) else repo.tracking_ref
         if repo.rev_parse(ref) is None:
             return []
-        log = repo.log_touching(ref, query.path_prefix)
+        log = log_touching(repo, ref, query.path_prefix)
     found: list[dict[str, object]] = []
     prefix = query.path_prefix
     for commit, date, author, subject, files in log:

@@ -24,6 +24,7 @@ from .config import Settings
 from .deadline import Deadline
 from .errors import MassDeletionRefused, RequestError, SyncError
 from .git import GitRepo
+from .git_restore import export_tree, fetch_everything, resolve
 from .git_walk import MissingPrefix
 from .locks import TargetLocks
 from .secrets import Redactor, Secret
@@ -108,8 +109,8 @@ class RestoreService:
 
     def _restore_from(self, job: RestoreJob, repo: GitRepo, deadline: Deadline) -> RestoreResult:
         repo.ensure_initialized()
-        repo.fetch_all()
-        commit = repo.resolve(job.git_ref)
+        fetch_everything(repo)
+        commit = resolve(repo, job.git_ref)
         if commit is None:
             raise RequestError(
                 f"git_ref '{job.git_ref}' is not a branch, tag or commit of the repository"
@@ -119,7 +120,7 @@ class RestoreService:
             tree = Path(tmp) / "tree"
             tree.mkdir()
             try:
-                repo.export_tree(commit, job.path_prefix, tree)
+                export_tree(repo, commit, job.path_prefix, tree)
             except MissingPrefix:
                 raise RequestError(
                     f"path_prefix '{job.path_prefix}' does not exist at '{job.git_ref}'"
