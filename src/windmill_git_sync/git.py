@@ -339,7 +339,8 @@ class GitRepo:
             lambda refs: [refs[ref]] if ref in refs else [],
             ref_prefix=[ref],
             depth=_ALL_HISTORY,
-            filter_spec=SYNC_FETCH_FILTER,
+            # Only ancestry is compared: commits and trees, no file content.
+            filter_spec=b"blob:none",
         )
 
     def push(self, commit: str, expected: str | None) -> PushOutcome:
