@@ -256,8 +256,13 @@ class WmillCli:
         # development machine's git be found).
         bin_dir = tmp / "bin"
         bin_dir.mkdir(mode=0o700)
-        node = shutil.which(self.settings.node_bin) or self.settings.node_bin
-        (bin_dir / "node").symlink_to(Path(node).resolve())
+        names = {"node"}  # what a NODE_BIN wrapper may exec by name
+        if "/" not in self.settings.node_bin:
+            names.add(self.settings.node_bin)
+        for name in names:
+            found = shutil.which(name)
+            if found is not None:
+                (bin_dir / name).symlink_to(Path(found).resolve())
         env = {
             "PATH": str(bin_dir),
             "HOME": str(home),
