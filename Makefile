@@ -9,15 +9,16 @@ export DATA_DIR  ?= $(CURDIR)/data
 
 .PHONY: run test install install-dev system-deps test-system-deps lint typecheck bench lock clean
 
-# Debian packages the service needs (git's http-backend ships with git).
+# Debian packages the service needs. No git: it speaks Git in-process (dulwich).
 system-deps:
-	@command -v git >/dev/null && command -v node >/dev/null && command -v npm >/dev/null \
-	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends git nodejs npm ca-certificates; }
+	@command -v node >/dev/null && command -v npm >/dev/null \
+	  || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm ca-certificates; }
 
-# ... and those only the tests need: Chromium renders the status page.
+# ... and those only the tests need: git serves the test repositories
+# (http-backend) and checks what was pushed; Chromium renders the status page.
 test-system-deps: system-deps
-	@command -v chromium >/dev/null \
-	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core; }
+	@command -v git >/dev/null && command -v chromium >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends git chromium fonts-dejavu-core; }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

@@ -44,8 +44,7 @@ class Settings:
     node_extra_ca_certs: Path | None = None
     wmill_cli: Path = _DEFAULT_WMILL_CLI
     node_bin: str = "node"
-    git_bin: str = "git"
-    # Seconds. A whole sync, and any single git or wmill invocation within it.
+    # Seconds. A whole sync, and any single wmill invocation within it.
     sync_timeout: float = 900.0
     command_timeout: float = 600.0
     max_concurrent_syncs: int = 4
@@ -72,8 +71,11 @@ class Settings:
     job_history: int = 1000
     # Refuse to start a sync with less free space than this in DATA_DIR.
     min_free_bytes: int = 100 * 1024 * 1024
-    # Largest single file a git or wmill child may write (0: no limit).
+    # Largest single file the wmill child may write (0: no limit).
     max_file_bytes: int = 0
+    # Most bytes one Git fetch may receive from the remote; beyond it the
+    # fetch stops and nothing is stored (a hostile or runaway remote).
+    max_fetch_bytes: int = 2 * 1024 * 1024 * 1024
     # Where failure and staleness alerts are POSTed (a secret: Slack's URLs are).
     alert_webhook_url: Secret | None = None
     # A target with no successful sync for this long is reported (seconds).
@@ -173,7 +175,6 @@ class Settings:
         path("NODE_EXTRA_CA_CERTS", "node_extra_ca_certs", must_exist=True)
         path("WMILL_CLI", "wmill_cli", must_exist=False)
         text("NODE_BIN", "node_bin")
-        text("GIT_BIN", "git_bin")
         number("SYNC_TIMEOUT", "sync_timeout", float, 1)
         number("COMMAND_TIMEOUT", "command_timeout", float, 1)
         number("MAX_CONCURRENT_SYNCS", "max_concurrent_syncs", int, 1)
@@ -189,6 +190,7 @@ class Settings:
         number("JOB_HISTORY", "job_history", int, 1)
         number("MIN_FREE_BYTES", "min_free_bytes", int, 0, 1e18)
         number("MAX_FILE_BYTES", "max_file_bytes", int, 0, 1e18)
+        number("MAX_FETCH_BYTES", "max_fetch_bytes", int, 1024, 1e18)
 
         token_file = env.get("SYNC_AUTH_TOKEN_FILE", "").strip()
         if token_file:

@@ -10,9 +10,11 @@ the service made), the killed job says ``interrupted``, and no orphan is left.
 
 Where a sync must be caught mid-pull, the emulator holds the tarball request
 until the test lets it go (``TarballGate``), so "the pull is in progress" is a
-fact the test observed, never a guess about timing. Faults in git are injected
-through ``GIT_BIN``: a wrapper that kills the service at a chosen subcommand
-and otherwise execs the real git.
+fact the test observed, never a guess about timing. Git runs inside the
+service (dulwich), so a kill "during the commit" or "during the push" is
+fired by the servers at the exact protocol step: the Windmill emulator when
+the commit's authors are looked up, the Git server when the push arrives
+(``Killer``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -396,52 +397,49 @@ def test_killed_during_pull_orphan_is_ended_and_next_sync_backs_up(
     assert second.get(f"/jobs/{old['id']}").json()["completed_by"] == new["id"]
 
 
-def test_killed_during_the_fetch_orphan_is_ended_and_next_sync_backs_up(
+def test_killed_during_the_fetch_next_sync_backs_up(
     services: Services,
     fresh: Target,
     git_server: GitHttpServer,
     windmill: WindmillEmulator,
     tmp_path: Path,
 ) -> None:
-    # The fetch runs beside the commit's preparation, with its own pid file:
-    # its orphan must be found and ended as the pull's is.
+    # The fetch runs in a thread of the service beside the commit's
+    # preparation: killed there, it leaves no process, only what dulwich was
+    # writing, which the next sync clears.
     first = services.start()
     assert first.post("/sync", fresh.body()).status_code == 200
     before = fresh.log()
     add_change(fresh, "during_the_fetch")
     root = services.target_dir(fresh)
-    git_server.mode = "blackhole"  # ls-remote waits for an answer that never comes
+    git_server.clear_requests()
+    git_server.mode = "blackhole"  # the remote never answers the fetch
     try:
         killed_post = in_background(lambda: first.post("/sync", fresh.body(), timeout=120))
-        # git-remote-https, waiting on the remote (comm is cut to 15 bytes).
-        fetching = wait_for(
-            lambda: [p for p in processes_in(root / "repo.git") if p.comm == "git-remote-http"],
-            "git asking the remote for its tip",
+        wait_for(
+            lambda: [r for r in git_server.requests if r.repo == fresh.repo and r.status is None],
+            "the service asking the remote for its tip",
         )
-        assert (root / "fetch.pid").exists()
         kill_service(first)
         assert isinstance(killed_post.exception(timeout=30), requests.ConnectionError)
-        assert all(is_alive(p) for p in fetching), "the fetch should be orphaned"
-
-        second = services.start()
-        second_post = in_background(lambda: second.post("/sync", fresh.body(), timeout=120))
-        # Ended as the sync starts, long before git's own 60 s stall timeout.
-        wait_for(
-            lambda: not [p for p in fetching if is_alive(p)],
-            "the orphaned fetch to be ended",
-            timeout=20,
-        )
+        # What a fetch killed mid-pack leaves (dulwich never removes them itself).
+        objects = root / "repo.git" / "objects"
+        (objects / "tmp_pack_killed").write_bytes(b"PACK\0\0\0\2")
+        (objects / "pack" / "tmp_pack_killed").write_bytes(b"PACK")
+        (root / "repo.git" / "refs" / "remotes" / "origin").mkdir(parents=True, exist_ok=True)
+        (root / "repo.git" / "refs" / "remotes" / "origin" / "main.lock").write_text("")
     finally:
         git_server.mode = "normal"
-    response = second_post.result(timeout=120)
+    second = services.start()
+    response = second.post("/sync", fresh.body(), timeout=120)
 
     assert response.status_code == 200, response.text
     data = response.json()
-    assert "ended orphaned child process group" in second.log_text()
     assert fresh.log() == made(data) + before
     assert_remote_is_exact_backup(fresh, windmill, tmp_path)
-    assert not (root / "fetch.pid").exists()
+    assert not list(objects.glob("tmp_pack_*")) and not list((objects / "pack").glob("tmp*"))
     assert not processes_in(root)
+    fresh.git_server.fsck(fresh.repo)
     jobs = jobs_of(second, fresh)
     assert [j["state"] for j in jobs] == ["succeeded", "succeeded", "succeeded"]
     assert_completed_by(jobs[1], jobs[0]["id"])
@@ -450,92 +448,80 @@ def test_killed_during_the_fetch_orphan_is_ended_and_next_sync_backs_up(
 
 # -- 2. killed during the commit or the push ---------------------------------------------
 
-KILLER = """#!{python}
-import os, signal, sys
-args = sys.argv[1:]
-if args and args[0] == {subcommand!r}:
-    try:
-        os.unlink({trigger!r})  # one kill per trigger
-    except FileNotFoundError:
-        pass
-    else:
-        with open({record!r}, "w") as fh:
-            fh.write("\\n".join(args))
-        with open({pgid_file!r}) as fh:
-            pgid = int(fh.read())
-        os.killpg(pgid, signal.SIGKILL)
-        if {subcommand!r} == "push":
-            sys.exit(1)  # the push never happens
-os.execv("/usr/bin/git", ["git", *args])
-"""
 
+class Killer:
+    """SIGKILLs a service's process group once, at a protocol step a server observes."""
 
-@dataclass
-class GitKiller:
-    """A GIT_BIN that SIGKILLs the service when git is asked for ``subcommand`` once armed."""
-
-    subcommand: str
-    wrapper: Path
-    trigger: Path
-    record: Path
-    pgid_file: Path
-
-    @classmethod
-    def install(cls, directory: Path, subcommand: str) -> GitKiller:
-        directory.mkdir(parents=True, exist_ok=True)
-        killer = cls(
-            subcommand,
-            directory / "git-killer",
-            directory / "armed",
-            directory / "argv",
-            directory / "service.pgid",
-        )
-        killer.wrapper.write_text(
-            KILLER.format(
-                python=sys.executable,
-                subcommand=subcommand,
-                trigger=str(killer.trigger),
-                record=str(killer.record),
-                pgid_file=str(killer.pgid_file),
-            )
-        )
-        killer.wrapper.chmod(0o755)
-        return killer
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pgid: int | None = None
+        self.fired = False
 
     def arm(self, service: ServiceProcess) -> None:
         assert service.proc is not None
-        self.pgid_file.write_text(str(os.getpgid(service.proc.pid)))
-        self.trigger.touch()
+        with self._lock:
+            self._pgid = os.getpgid(service.proc.pid)
 
-    @property
-    def fired(self) -> bool:
-        return not self.trigger.exists()
+    def fire(self) -> bool:
+        with self._lock:
+            if self._pgid is None:
+                return False
+            pgid, self._pgid = self._pgid, None
+        os.killpg(pgid, signal.SIGKILL)
+        self.fired = True
+        return True
 
-    def argv(self) -> list[str]:
-        return self.record.read_text().split("\n")
+
+@contextlib.contextmanager
+def kill_at(phase: str, git_server: GitHttpServer, windmill: WindmillEmulator) -> Iterator[Killer]:
+    """A Killer that fires while the commit is made, or when its push arrives."""
+    killer = Killer()
+    original = windmill.fault_for
+
+    def on_git_request(method: str, path: str, service: str | None) -> None:
+        if phase == "push" and method == "POST" and service == "git-receive-pack":
+            if killer.fire():
+                # The pusher is dead: the push must not happen on its behalf.
+                raise ConnectionAbortedError("killed")
+
+    def on_windmill_request(endpoint: str, workspace: str | None) -> str | None:
+        # The authors of the changed items are looked up while the commit is built.
+        if phase == "commit" and endpoint == "users/list":
+            killer.fire()
+            time.sleep(1)  # the answer must not arrive before the kill lands
+        return original(endpoint, workspace)
+
+    git_server.before_backend = on_git_request
+    windmill.fault_for = on_windmill_request  # type: ignore[method-assign]
+    try:
+        yield killer
+    finally:
+        git_server.before_backend = None
+        vars(windmill).pop("fault_for", None)
 
 
 @pytest.mark.parametrize("change_after_restart", [True, False], ids=["changed", "unchanged"])
-@pytest.mark.parametrize("phase", ["commit-tree", "push"])
+@pytest.mark.parametrize("phase", ["commit", "push"])
 def test_killed_during_commit_or_push_nothing_is_lost(
     services: Services,
     fresh: Target,
     windmill: WindmillEmulator,
+    git_server: GitHttpServer,
     tmp_path: Path,
     phase: str,
     change_after_restart: bool,
 ) -> None:
-    killer = GitKiller.install(tmp_path / "killer", phase)
-    first = services.start(GIT_BIN=str(killer.wrapper))
+    first = services.start()
     backup = first.post("/sync", fresh.body())
     assert backup.status_code == 200, backup.text
     earlier = fresh.log()
     assert earlier == made(backup.json())
     pending_change = add_change(fresh, "before_the_crash")
 
-    killer.arm(first)
-    killed_post = in_background(lambda: first.post("/sync", fresh.body(), timeout=120))
-    first.proc.wait(timeout=DEADLINE)  # type: ignore[union-attr]
+    with kill_at(phase, git_server, windmill) as killer:
+        killer.arm(first)
+        killed_post = in_background(lambda: first.post("/sync", fresh.body(), timeout=120))
+        first.proc.wait(timeout=DEADLINE)  # type: ignore[union-attr]
 
     assert killer.fired
     assert isinstance(killed_post.exception(timeout=30), requests.ConnectionError)
@@ -546,17 +532,18 @@ def test_killed_during_commit_or_push_nothing_is_lost(
     made_here: str | None = None
     if phase == "push":
         # A commit was made and recorded locally; its push is what was cut.
-        made_here = killer.argv()[-1].split(":")[0]
-        assert killer.argv()[-1] == f"{made_here}:refs/heads/main"
-        assert local_ref(repo_git) == made_here
+        made_here = local_ref(repo_git)
+        assert made_here is not None and made_here != earlier[0]
+        assert local_ref(repo_git, f"{made_here}^") == earlier[0]
     else:
         assert local_ref(repo_git) == earlier[0]
-    # What else a killed git leaves behind.
-    (repo_git / "index.lock").write_text("")
+    # What else a killed writer leaves behind: lock files, a half-written pack.
     (repo_git / "refs" / "heads" / "main.lock").write_text("0" * 40 + "\n")
+    (repo_git / "packed-refs.lock").write_text("")
+    (repo_git / "objects" / "pack" / "tmp_pack_half").write_bytes(b"PACK\0\0\0\2\0")
     later_change = add_change(fresh, "after_the_crash") if change_after_restart else None
 
-    second = services.start(GIT_BIN=str(killer.wrapper))
+    second = services.start()
     response = second.post("/sync", fresh.body())
 
     assert response.status_code == 200, response.text
@@ -579,9 +566,11 @@ def test_killed_during_commit_or_push_nothing_is_lost(
     if later_change is not None:
         assert later_change in tree
     assert_remote_is_exact_backup(fresh, windmill, tmp_path)
-    assert not (repo_git / "index.lock").exists()
+    assert not (repo_git / "packed-refs.lock").exists()
     assert not (repo_git / "refs" / "heads" / "main.lock").exists()
+    assert not (repo_git / "objects" / "pack" / "tmp_pack_half").exists()
     assert not (root / "sync.running").exists()
+    fresh.git_server.fsck(fresh.repo)
     assert local_ref(repo_git) == data["commit"]
     jobs = jobs_of(second, fresh)
     assert [j["state"] for j in jobs] == ["succeeded", "succeeded", "succeeded"]
@@ -663,16 +652,27 @@ def test_corrupt_repository_is_moved_aside_and_rebuilt_from_the_remote(
     assert_remote_is_exact_backup(fresh, windmill, tmp_path)
 
 
-def test_a_stale_scratch_index_lock_does_not_block_attributed_commits(
+def test_stale_lock_files_do_not_block_attributed_commits(
     services: Services, fresh: Target
 ) -> None:
     first = services.start()
     assert first.post("/sync", fresh.body()).status_code == 200
     kill_service(first)
     root = services.target_dir(fresh)
-    # git itself killed (OOM, docker kill) while building a per-author tree.
-    (root / "repo.git" / "scratch-index.lock").write_text("")
-    (root / "repo.git" / "scratch-index").write_text("half written")
+    repo_git = root / "repo.git"
+    # The service killed (OOM, docker kill) while dulwich held its locks:
+    # a loose object's, the shallow list's, a ref's; and an earlier
+    # version's git index left beside them.
+    (repo_git / "objects" / "ab").mkdir(exist_ok=True)
+    stale = [
+        repo_git / "objects" / "ab" / ("cd" * 19 + ".lock"),
+        repo_git / "shallow.lock",
+        repo_git / "refs" / "heads" / "main.lock",
+        repo_git / "scratch-index.lock",
+    ]
+    for path in stale:
+        path.write_text("")
+    (repo_git / "scratch-index").write_text("half written")
     fresh.workspace.add_script(
         "f/team/by_admin", language="bash", content="echo a\n", edited_by="admin"
     )
@@ -685,7 +685,8 @@ def test_a_stale_scratch_index_lock_does_not_block_attributed_commits(
 
     assert response.status_code == 200, response.text
     assert len(response.json()["commits"]) == 2
-    assert not (root / "repo.git" / "scratch-index.lock").exists()
+    assert not [p for p in stale if p.exists()]
+    fresh.git_server.fsck(fresh.repo)
 
 
 # -- 4. SIGTERM or SIGINT: a drain ------------------------------------------------------

@@ -172,9 +172,11 @@ def test_redirects_are_not_followed_and_send_no_credentials(
         "file://{repo}",
         "{repo}",
         "--upload-pack=touch {marker};:",
+        "http://127.0.0.1:9/{repo}",
+        f"https://x:{GIT_TOKEN}@127.0.0.1:9/r.git",
     ],
 )
-def test_git_refuses_every_transport_but_https_even_without_validation(
+def test_every_transport_but_https_is_refused_even_without_validation(
     url: str, tmp_path: Path
 ) -> None:
     marker = tmp_path / "pwned"
@@ -189,8 +191,6 @@ def test_git_refuses_every_transport_but_https_even_without_validation(
     git = GitRepo(
         settings=settings,
         git_dir=tmp_path / "g.git",
-        work_tree=tmp_path / "w",
-        home=tmp_path / "home",
         remote_url=remote,
         branch="main",
         token=Secret(GIT_TOKEN),
@@ -199,11 +199,9 @@ def test_git_refuses_every_transport_but_https_even_without_validation(
         deadline=Deadline(60),
     )
     git.ensure_initialized()
-    with git.credentials(), pytest.raises(GitError) as info:
-        git.remote_tip()
+    with git, pytest.raises(GitError) as info:
+        git.fetch_tip()
     assert not marker.exists()
     assert GIT_TOKEN not in str(info.value) + (info.value.detail or "")
-    # git itself refuses: the transport is not allowed, or an option-looking
-    # "URL" after --end-of-options is only a (blocked) path.
-    detail = info.value.detail or ""
-    assert "not allowed" in detail or "strange pathname" in detail, detail
+    # Refused before any connection: only https, and never with credentials in the URL.
+    assert "https URL without credentials" in str(info.value)

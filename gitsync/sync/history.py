@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
 from gitsync.errors import NotFound
+from gitsync.git.reads import log_touching
 from gitsync.git.repo import GitRepo
 from gitsync.secrets import NO_SECRETS, Secret
 from gitsync.sync.service import target_key
@@ -41,24 +42,23 @@ def item_history(
         raise NotFound(
             "This service has not backed up that workspace to that repository and branch yet"
         )
-    repo = GitRepo(
+    with GitRepo(
         settings=settings,
         git_dir=root / "repo.git",
-        work_tree=root / "worktree",
-        home=root / "home",
         remote_url=query.remote_url,
         branch=query.branch,
         token=Secret(""),
         username="git",
         redactor=NO_SECRETS,
         deadline=Deadline(settings.command_timeout),
-    )
-    ref = repo.local_ref if repo.rev_parse(repo.local_ref) else repo.tracking_ref
-    if repo.rev_parse(ref) is None:
-        return []
+    ) as repo:
+        ref = repo.local_ref if repo.rev_parse(repo.local_ref) else repo.tracking_ref
+        if repo.rev_parse(ref) is None:
+            return []
+        log = log_touching(repo, ref, query.path_prefix)
     found: list[dict[str, object]] = []
     prefix = query.path_prefix
-    for commit, date, author, subject, files in repo.log_touching(ref, prefix):
+    for commit, date, author, subject, files in log:
         touched = [
             f
             for f in files

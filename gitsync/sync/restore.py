@@ -21,8 +21,10 @@ from pathlib import Path
 
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
-from gitsync.errors import GitError, MassDeletionRefused, RequestError, SyncError
+from gitsync.errors import MassDeletionRefused, RequestError, SyncError
+from gitsync.git.reads import export_tree, fetch_everything, resolve
 from gitsync.git.repo import GitRepo
+from gitsync.git.walk import MissingPrefix
 from gitsync.secrets import Redactor, Secret
 from gitsync.sync.locks import TargetLocks
 from gitsync.windmill import items, mirror
@@ -93,42 +95,40 @@ class RestoreService:
         root = self.settings.data_dir / "restore" / key
         with self.locks.hold(key, deadline):
             root.mkdir(parents=True, exist_ok=True)
-            repo = GitRepo(
+            with GitRepo(
                 settings=self.settings,
                 git_dir=root / "repo.git",
-                work_tree=root / "unused",
-                home=root / "home",
                 remote_url=job.remote_url,
                 branch="main",
                 token=job.git_token,
                 username=job.git_username,
                 redactor=job.redactor(),
                 deadline=deadline,
+            ) as repo:
+                return self._restore_from(job, repo, deadline)
+
+    def _restore_from(self, job: RestoreJob, repo: GitRepo, deadline: Deadline) -> RestoreResult:
+        repo.ensure_initialized()
+        fetch_everything(repo)
+        commit = resolve(repo, job.git_ref)
+        if commit is None:
+            raise RequestError(
+                f"git_ref '{job.git_ref}' is not a branch, tag or commit of the repository"
             )
-            repo.ensure_initialized()
-            with repo.credentials():
-                repo.fetch_all()
-            commit = repo.resolve(job.git_ref)
-            if commit is None:
+        self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="wgs-restore-", dir=self.settings.tmp_dir) as tmp:
+            tree = Path(tmp) / "tree"
+            tree.mkdir()
+            try:
+                export_tree(repo, commit, job.path_prefix, tree)
+            except MissingPrefix:
                 raise RequestError(
-                    f"git_ref '{job.git_ref}' is not a branch, tag or commit of the repository"
-                )
-            self.settings.tmp_dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(
-                prefix="wgs-restore-", dir=self.settings.tmp_dir
-            ) as tmp:
-                tree = Path(tmp) / "tree"
-                tree.mkdir()
-                try:
-                    repo.export_tree(commit, job.path_prefix, tree)
-                except GitError:
-                    raise RequestError(
-                        f"path_prefix '{job.path_prefix}' does not exist at '{job.git_ref}'"
-                    ) from None
-                _keep_only_windmill_files(tree)
-                scope = Scope(includes=job.includes, secrets=job.include_secrets)
-                (tree / "wmill.yaml").write_text(scope.wmill_yaml())
-                return self._push(job, commit, tree, deadline)
+                    f"path_prefix '{job.path_prefix}' does not exist at '{job.git_ref}'"
+                ) from None
+            _keep_only_windmill_files(tree)
+            scope = Scope(includes=job.includes, secrets=job.include_secrets)
+            (tree / "wmill.yaml").write_text(scope.wmill_yaml())
+            return self._push(job, commit, tree, deadline)
 
     def _push(self, job: RestoreJob, commit: str, tree: Path, deadline: Deadline) -> RestoreResult:
         def push(dry_run: bool, keep_deleted: bool) -> list[dict[str, str]]:

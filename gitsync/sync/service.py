@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -40,8 +41,8 @@ from gitsync.errors import (
     WindmillError,
     WindmillGitSyncError,
 )
-from gitsync.git.credentials import default_username
 from gitsync.git.repo import Change, GitRepo, Identity, is_corruption
+from gitsync.git.transport import default_username
 from gitsync.retry import with_retries
 from gitsync.secrets import Redactor, Secret
 from gitsync.sync import readme
@@ -64,10 +65,12 @@ MAX_LISTED_FINDINGS = 20
 _GENERATED = frozenset({"wmill.yaml", "wmill-lock.yaml"})
 
 Progress = Callable[[str], None]
-# Each records a running child's process group, for ending it after a crash:
-# the sync's main line of work, and the fetch that runs beside it.
+# Records the running wmill child's process group, for ending it after a crash.
+# (Git runs in-process: there is no other child.)
 _MAIN_PID_FILE = "child.pid"
-_FETCH_PID_FILE = "fetch.pid"
+# What earlier versions kept per target: a git work tree, git's HOME, the
+# pid file of a git fetch running beside the pull.
+_OBSOLETE = ("worktree", "home", "fetch.pid")
 _WORKSPACE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,49}")
 
 
@@ -319,8 +322,7 @@ class SyncService:
         # Present at the start only if the previous run never finished (the
         # process was killed): its children and lock files may be left over.
         crashed = running.exists()
-        for pid_file in (_MAIN_PID_FILE, _FETCH_PID_FILE):
-            end_orphan(root / pid_file, root)
+        end_orphan(root / _MAIN_PID_FILE, root)
         running.touch()
         try:
             return self._sync_marked(job, root, deadline, report, crashed)
@@ -332,21 +334,41 @@ class SyncService:
         self, job: SyncJob, root: Path, deadline: Deadline, report: Progress, crashed: bool
     ) -> SyncResult:
         redactor = job.redactor()
-        pid_file = root / _MAIN_PID_FILE
+        for name in _OBSOLETE:
+            if (root / name).is_dir():
+                shutil.rmtree(root / name)
+            else:
+                (root / name).unlink(missing_ok=True)
 
         repo = GitRepo(
             settings=self.settings,
             git_dir=root / "repo.git",
-            work_tree=root / "worktree",
-            home=root / "home",
             remote_url=job.remote_url,
             branch=job.branch,
             token=job.git_token,
             username=job.username,
             redactor=redactor,
             deadline=deadline,
-            pid_file=pid_file,
         )
+        try:
+            return self._sync_repo(job, repo, root, deadline, report, crashed)
+        finally:
+            repo.close()
+            # dulwich's objects form reference cycles: without this the
+            # process settles near twice its working size (docs: dulwich.md 7).
+            gc.collect()
+
+    def _sync_repo(
+        self,
+        job: SyncJob,
+        repo: GitRepo,
+        root: Path,
+        deadline: Deadline,
+        report: Progress,
+        crashed: bool,
+    ) -> SyncResult:
+        redactor = job.redactor()
+        pid_file = root / _MAIN_PID_FILE
         repo.ensure_initialized()
         if crashed:
             log.warning("the previous sync of %s did not finish; repairing", job.workspace)
@@ -374,12 +396,11 @@ class SyncService:
         # The remote is asked for its tip (a network round trip) while the
         # export is checked and the commit prepared on the tip we expect (the
         # disk); only now that the pull has proved the request's Windmill
-        # token. The fetch has its own pid file: two children run at once.
-        fetcher = dataclasses.replace(repo, pid_file=root / _FETCH_PID_FILE)
+        # token. The fetch has its own handle on the repository.
+        fetcher = repo.another_handle()
         expected_base = repo.rev_parse(repo.local_ref)
         with (
-            repo.credentials(),
-            fetcher.credentials(),
+            fetcher,
             ThreadPoolExecutor(1, thread_name_prefix="wgs-fetch") as pool,
         ):
             first_tip = pool.submit(self._fetch_tip_retrying, fetcher, deadline)
@@ -436,7 +457,7 @@ class SyncService:
                 # Usually the base is our last commit, pushed: prepare the tree
                 # on it while the remote answers, and again if it is not.
                 try:
-                    tree = self._prepare_tree(job, repo, expected_base, export, readme_text)
+                    tree = repo.stage(expected_base, export, job.path_prefix, readme_text)
                     prepared = True
                 except (GitError, CommandError) as exc:
                     # Objects the fetch is bringing back, say; done again below.
@@ -449,7 +470,7 @@ class SyncService:
                 base = self._choose_base(repo, tip)
             report("committing")
             if not prepared:
-                tree = self._prepare_tree(job, repo, base, export, readme_text)
+                tree = repo.stage(base, export, job.path_prefix, readme_text)
             base_tree = repo.tree_of(base)
             commits: list[CommitInfo] = []
             findings: tuple[Finding, ...] = ()
@@ -467,7 +488,7 @@ class SyncService:
                 repo.update_ref(repo.local_ref, head, reason="windmill-git-sync: commit")
             report("pushing")
             outcome = with_retries(
-                functools.partial(repo.push, head),
+                functools.partial(repo.push, head, tip),
                 policy=policy,
                 deadline=deadline,
                 what="the Git push",
@@ -504,16 +525,6 @@ class SyncService:
             "sync",
             transient=True,
         )
-
-    @staticmethod
-    def _prepare_tree(
-        job: SyncJob, repo: GitRepo, base: str | None, export: dict[str, str], readme_text: str
-    ) -> str:
-        """The tree of ``base`` with the export (and README) in place; staged."""
-        repo.checkout_tree(base)
-        mirror.mirror(export, repo.work_tree, job.path_prefix)
-        readme.place(repo.work_tree, job.path_prefix, readme_text)
-        return repo.stage_all()
 
     @staticmethod
     def _item_changes(changes: list[Change], prefix: str) -> list[ItemChange]:
@@ -668,15 +679,9 @@ class SyncService:
             on_retry=self.on_retry,
         )
 
-    def _fetch_tip(self, repo: GitRepo) -> str | None:
-        tip = repo.remote_tip()
-        if tip is None:
-            repo.delete_ref(repo.tracking_ref)
-            return None
-        if not repo.has_commit(tip):
-            repo.fetch()
-        repo.update_ref(repo.tracking_ref, tip, reason="windmill-git-sync: remote tip")
-        return tip
+    @staticmethod
+    def _fetch_tip(repo: GitRepo) -> str | None:
+        return repo.fetch_tip()
 
     def _choose_base(self, repo: GitRepo, tip: str | None) -> str | None:
         """The commit to build on: the remote tip, or our unpushed commits on top of it."""

@@ -23,8 +23,8 @@ from pydantic import (
 
 from gitsync.config import SecretScanPolicy
 from gitsync.errors import RequestError
-from gitsync.git.credentials import default_username
 from gitsync.git.repo import Identity
+from gitsync.git.transport import default_username
 from gitsync.secrets import Secret
 from gitsync.sync.history import HistoryQuery
 from gitsync.sync.restore import RestoreJob

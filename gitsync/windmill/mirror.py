@@ -26,7 +26,9 @@ MANAGED_ROOT_PATTERNS = ("*.resource-type.yaml", "*.resource-type.json")
 
 
 def is_managed(rel: str) -> bool:
-    parts = PurePosixPath(rel).parts
+    # Plain string splitting (what PurePosixPath.parts gives for these
+    # relative paths): called once per file of every tree a sync builds.
+    parts = [part for part in rel.split("/") if part and part != "."]
     if not parts:
         return False
     if len(parts) > 1:

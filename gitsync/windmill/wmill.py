@@ -250,9 +250,21 @@ class WmillCli:
         config = tmp / "config"
         home.mkdir(mode=0o700)
         config.mkdir(mode=0o700)
-        node_dir = Path(shutil.which(self.settings.node_bin) or self.settings.node_bin).parent
+        # A PATH holding node and nothing else: the CLI looks for git to bind
+        # workspaces to branches, and the service starts no git process, not
+        # even through its child (the image has no git at all; neither may a
+        # development machine's git be found).
+        bin_dir = tmp / "bin"
+        bin_dir.mkdir(mode=0o700)
+        names = {"node"}  # what a NODE_BIN wrapper may exec by name
+        if "/" not in self.settings.node_bin:
+            names.add(self.settings.node_bin)
+        for name in names:
+            found = shutil.which(name)
+            if found is not None:
+                (bin_dir / name).symlink_to(Path(found).resolve())
         env = {
-            "PATH": f"{node_dir}:/usr/local/bin:/usr/bin:/bin",
+            "PATH": str(bin_dir),
             "HOME": str(home),
             "XDG_CONFIG_HOME": str(config),
             "WMILL_CONFIG_DIR": str(config),

@@ -39,7 +39,7 @@ import sys
 import tempfile
 import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -48,7 +48,11 @@ from typing import IO, Any, cast
 
 import trustme
 
-MODES = ("normal", "down", "error500", "blackhole", "slow")
+# "dumb": info/refs answered as a plain file server does (text/plain), as a
+# dumb-HTTP host or a misconfigured proxy would. "stall_pack": a fetch's
+# response stops after ``stall_after`` bytes and then nothing, until the mode
+# changes. "trickle": a fetch's response comes one byte every ``delay`` s.
+MODES = ("normal", "down", "error500", "blackhole", "slow", "dumb", "stall_pack", "trickle")
 SERVICES = ("git-upload-pack", "git-receive-pack")
 
 # Repository names are test-chosen, but they become paths and URLs: keep them boring.
@@ -181,7 +185,19 @@ def init_bare_repo(path: Path, *, branch: str = "main") -> Path:
     _git(["--git-dir", str(path), "config", "http.receivepack", "true"])
     # Bare repos keep no reflog by default; tests use it to see every ref update.
     _git(["--git-dir", str(path), "config", "core.logAllRefUpdates", "always"])
+    # Partial fetches (filter=blob:limit=...), as GitHub and GitLab allow them.
+    _git(["--git-dir", str(path), "config", "uploadpack.allowFilter", "true"])
     return path
+
+
+def fsck(repo: Path) -> str:
+    """``git fsck --strict`` of a repository on disk; raises with git's words if it fails."""
+    result = _git(["--git-dir", str(repo), "fsck", "--strict", "--no-progress"], ok=range(256))
+    if result.returncode != 0:
+        raise AssertionError(
+            f"git fsck --strict failed: {(result.stdout + result.stderr).decode(errors='replace')}"
+        )
+    return result.stdout.decode()
 
 
 def ref_of(repo: Path, branch: str = "main") -> str | None:
@@ -447,6 +463,10 @@ class _Handler(BaseHTTPRequestHandler):
             record(302)
             self._simple(302, b"moved\n", has_body, {"Location": redirect.rstrip("/") + self.path})
             return
+        if owner.mode == "dumb" and self.command == "GET" and path.endswith("/info/refs"):
+            record(200)
+            self._simple(200, owner._dumb_refs(repo_match.group(1) if repo_match else ""), False)
+            return
         if not authorized:
             record(401)
             self._simple(
@@ -456,6 +476,9 @@ class _Handler(BaseHTTPRequestHandler):
                 {"WWW-Authenticate": 'Basic realm="git"'},
             )
             return
+        hook = owner.before_backend
+        if hook is not None:
+            hook(self.command, path, service)
         if has_body and self.headers.get("Expect", "").lower() == "100-continue":
             self.send_response_only(100)
             self.end_headers()
@@ -552,17 +575,19 @@ class _Handler(BaseHTTPRequestHandler):
             watchdog = threading.Timer(_CGI_TIMEOUT, _killpg, (proc,))
             watchdog.daemon = True
             watchdog.start()
+            fetching = self.command == "POST" and path.endswith("/git-upload-pack")
             with owner._track_process(proc):
                 try:
-                    self._relay(proc, record)
+                    self._relay(proc, record, fetching)
                 finally:
                     watchdog.cancel()
                     _reap(proc)
             errors.seek(0)
             owner._note_backend_stderr(errors.read(8192))
 
-    def _relay(self, proc: subprocess.Popen[bytes], record: Any) -> None:
+    def _relay(self, proc: subprocess.Popen[bytes], record: Any, fetching: bool = False) -> None:
         """Translate the CGI response into an HTTP one, streaming the body."""
+        owner = self.server.owner
         # Popen makes a BufferedReader for stdout=PIPE (bufsize=-1); read1 needs that type.
         stdout = cast(io.BufferedReader, proc.stdout)
         status, reason, headers = _read_cgi_headers(stdout)
@@ -587,10 +612,32 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Connection", "close")  # HTTP/1.0: EOF ends the body
             self.close_connection = True
         self.end_headers()
+        sent = 0
         while True:
             data = stdout.read1(_CHUNK)
             if not data:
                 break
+            if fetching and owner.mode == "stall_pack":
+                data = data[: max(owner.stall_after - sent, 0)]
+                if data:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if use_chunks else data)
+                    self.wfile.flush()
+                    sent += len(data)
+                if sent >= owner.stall_after:
+                    owner._wait_while("stall_pack")
+                    self.close_connection = True
+                    return
+                continue
+            if fetching and owner.mode == "trickle":
+                for byte in data:
+                    if owner.mode != "trickle" or owner._stopping.is_set():
+                        self.close_connection = True
+                        return
+                    one = bytes([byte])
+                    self.wfile.write(b"1\r\n%s\r\n" % one if use_chunks else one)
+                    self.wfile.flush()
+                    owner._sleep(owner.delay)
+                continue
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data) if use_chunks else data)
         if use_chunks:
             self.wfile.write(b"0\r\n\r\n")
@@ -667,6 +714,10 @@ class GitHttpServer:
         self.port = 0
         self.delay = 0.0
         self.redirect_to: str | None = None
+        self.stall_after = 0  # bytes of a fetch's response sent before "stall_pack" stalls
+        # Called as (method, path, service) just before the backend answers an
+        # authorized request: lets a test act at an exact protocol step.
+        self.before_backend: Callable[[str, str, str | None], None] | None = None
         self.dropped_connections = 0  # connections hung up on in "down" mode
         self._mode = "normal"
         self._lock = threading.Lock()
@@ -811,6 +862,9 @@ class GitHttpServer:
         parents = self.parents(repo, commit)
         return parents[0] if parents else None
 
+    def fsck(self, repo: str | Path) -> str:
+        return fsck(self._resolve(repo))
+
     def cat_commit(self, repo: str | Path, commit: str) -> bytes:
         """The raw commit object, to check author bytes exactly."""
         return _git(["--git-dir", str(self._resolve(repo)), "cat-file", "commit", commit]).stdout
@@ -929,10 +983,19 @@ class GitHttpServer:
                 self._backend_stderr = [*self._backend_stderr[-99:], text]
 
     def _wait_while_blackholed(self) -> None:
+        self._wait_while("blackhole")
+
+    def _wait_while(self, mode: str) -> None:
         with self._lock:
-            self._mode_changed.wait_for(
-                lambda: self._stopping.is_set() or self._mode != "blackhole"
-            )
+            self._mode_changed.wait_for(lambda: self._stopping.is_set() or self._mode != mode)
+
+    def _dumb_refs(self, repo: str) -> bytes:
+        """info/refs as a dumb server serves it: "<id>\t<ref>" lines, text/plain."""
+        try:
+            tip = ref_of(self.repo_path(repo))
+        except ValueError:
+            tip = None
+        return f"{tip}\trefs/heads/main\n".encode() if tip else b""
 
     def _sleep(self, seconds: float) -> None:
         self._stopping.wait(seconds)  # stop() cuts the delay short
