@@ -19,8 +19,9 @@ from gitsync.config import Settings
 from gitsync.errors import ConfigError, RequestError, WindmillGitSyncError
 from gitsync.ops import logs
 from gitsync.sync.history import item_history
+from gitsync.sync.job import success_message
 from gitsync.sync.restore import RestoreService
-from gitsync.sync.service import SyncService, success_message
+from gitsync.sync.service import SyncService
 from gitsync.web.requests import parse_history_query, parse_restore_request, parse_sync_request
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

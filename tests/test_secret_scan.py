@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Target, new_target, start_service
+from tests.conftest import GIT_TOKEN, Target, new_target, start_service
 from tests.servers.git_server import GitHttpServer
 from tests.servers.service_process import ServiceProcess
 from tests.servers.windmill_emulator import WindmillEmulator
@@ -182,3 +182,42 @@ def test_an_ordinary_workspace_raises_no_finding(
 
     assert response.status_code == 200, response.text
     assert response.json()["secret_findings"] == []
+
+
+GH013 = """\
+echo "error: GH013: Repository rule violations found for refs/heads/main." >&2
+echo "error: - GITHUB PUSH PROTECTION" >&2
+echo "error:   Push cannot contain secrets" >&2
+echo "error:   —— GitHub Personal Access Token ——————————————————————" >&2
+echo "error:     locations:" >&2
+echo "error:       - commit: 8f3c2a1 path: f/team/leaky.py:3" >&2
+echo "error:   (token seen: $SECRET_SEEN)" >&2
+exit 1
+"""
+
+
+def test_a_push_the_host_rejects_by_rule_is_reported_and_not_retried(
+    service: ServiceProcess, target: Target
+) -> None:
+    """GitHub's push protection (GH013) refuses a push: say so plainly, do not retry."""
+    assert service.post("/sync", target.body()).status_code == 200
+    before = target.log()
+    hook = target.git_server.repo_path(target.repo) / "hooks" / "pre-receive"
+    # The hook echoes the request's own Git token as if the host quoted it back.
+    hook.write_text("#!/bin/sh\nSECRET_SEEN=" + GIT_TOKEN + "\n" + GH013)
+    hook.chmod(0o755)
+    target.workspace.add_script("f/team/leaky", content=script("RETRIES = 3"))
+    target.git_server.clear_requests()
+
+    response = service.post("/sync", target.body())
+
+    assert response.status_code == 500, response.text
+    data = response.json()
+    assert data["error"] == "git_push_rejected"
+    assert "GH013: Repository rule violations found" in data["message"]
+    assert "Push cannot contain secrets" in data["message"]
+    assert "push protection" in data["message"].lower()  # the hint
+    assert GIT_TOKEN not in response.text
+    assert data.get("attempts", 1) == 1
+    assert len(target.git_server.receive_pack_posts(target.repo)) == 1  # not retried
+    assert target.log() == before

@@ -276,9 +276,7 @@ class GitRepo:
 
     def tree_with(self, base_tree: str, updates: dict[str, Entry | None]) -> str:
         with local_store("Building a tree"):
-            return trees.with_updates(
-                self.get, _oid(base_tree), updates, self._pending
-            ).decode()
+            return trees.with_updates(self.get, _oid(base_tree), updates, self._pending).decode()
 
     def commit_tree(
         self, tree: str, parent: str | None, message: str, author: Identity, committer: Identity

@@ -47,7 +47,7 @@ from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from gitsync.deadline import Deadline
-from gitsync.errors import GitAuthError, GitError, SyncTimeout
+from gitsync.errors import GitAuthError, GitError, GitPushRejected, SyncTimeout
 from gitsync.git.http import SmartHttpClient, Watchdog, system_ca_file
 from gitsync.git.trees import local_store
 from gitsync.secrets import Redactor, Secret
@@ -71,6 +71,9 @@ READ_TIMEOUT = 60.0
 _POST_BUFFER = str(64 * 1024 * 1024).encode()
 _USER_AGENT = "windmill-git-sync"
 _REJECTED_RACE = ("failed to update ref", "cannot lock ref", "fetch first", "non-fast-forward")
+# What the host says on the side band while refusing a push (its hooks' output).
+_MAX_HOST_MESSAGE = 4000
+_HOST_MESSAGE_LINES = 12
 
 
 def default_username(remote_url: str) -> str:
@@ -240,10 +243,17 @@ class Remote:
                 raise RemoteMoved
             return {ref: new}
 
+        said = bytearray()
+
+        def host_says(chunk: bytes) -> None:
+            # Hooks write to the side band (GitHub's GH013 comes that way); bounded.
+            if len(said) < _MAX_HOST_MESSAGE:
+                said.extend(chunk[: _MAX_HOST_MESSAGE - len(said)])
+
         try:
             with self._errors("Git push"):
                 result = self._client("Git push").send_pack(
-                    self._path.encode(), update_refs, generate
+                    self._path.encode(), update_refs, generate, progress=host_says
                 )
         except RemoteMoved:
             return PushOutcome(ok=False, rejected_non_fast_forward=True)
@@ -255,6 +265,19 @@ class Remote:
         if any(word in reason for word in _REJECTED_RACE):
             # Another pusher won the race between our look and our push.
             return PushOutcome(ok=False, rejected_non_fast_forward=True)
+        message = _host_message(self.redactor.scrub(said.decode("utf-8", errors="replace")))
+        if message or "declined" in reason or "rule" in reason.lower():
+            # A rule of the host's (push protection, a pre-receive hook): the
+            # same push would be refused again, so it is not retried.
+            raise GitPushRejected(
+                f"Git push refused by the Git host ({reason[:200]})"
+                + (f": {message}" if message else "")
+                + ". Nothing was pushed and the backup is unchanged. If the host names a "
+                "secret (GitHub push protection, GH013), remove it from the Windmill item "
+                "it points at, or allow it in the host's settings; otherwise check the "
+                "repository's push rules and hooks.",
+                detail=reason,
+            )
         raise GitError(
             f"Git push failed: the Git host rejected the push ({reason[:200]})", detail=reason
         )
@@ -341,3 +364,18 @@ def classify(exc: BaseException, what: str, redactor: Redactor, deadline: Deadli
             f"{what} failed: could not reach the Git host", detail=detail, transient=True
         )
     return GitError(f"{what} failed ({type(exc).__name__})", detail=detail)
+
+
+def _host_message(text: str) -> str:
+    """The host's own words from the side band: its error lines, without decoration."""
+    lines = []
+    for raw in text.replace("\r", "\n").splitlines():
+        line = raw.strip()
+        if line.lower().startswith("remote:"):
+            line = line[len("remote:") :].strip()
+        if line.lower().startswith("error:"):
+            line = line[len("error:") :].strip()
+        line = line.strip(" -—")
+        if line and any(c.isalnum() for c in line):
+            lines.append(line)
+    return " / ".join(lines[:_HOST_MESSAGE_LINES])

@@ -14,7 +14,7 @@ from gitsync.errors import NotFound
 from gitsync.git.reads import log_touching
 from gitsync.git.repo import GitRepo
 from gitsync.secrets import NO_SECRETS, Secret
-from gitsync.sync.service import target_key
+from gitsync.sync.job import target_key
 from gitsync.windmill import items
 
 

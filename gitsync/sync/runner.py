@@ -23,8 +23,9 @@ from gitsync.config import Settings
 from gitsync.errors import Busy, Refused, SecretDetected, ShuttingDown, WindmillGitSyncError
 from gitsync.ops.alerts import AlertSender
 from gitsync.ops.metrics import Metrics, target_label
+from gitsync.sync.job import SyncJob, SyncResult
 from gitsync.sync.jobs import JobStore
-from gitsync.sync.service import SyncJob, SyncResult, SyncService
+from gitsync.sync.service import SyncService
 
 log = logging.getLogger(__name__)
 

@@ -36,10 +36,11 @@ from gitsync.ops.alerts import AlertSender, Watchdog
 from gitsync.ops.metrics import Metrics
 from gitsync.ops.readiness import Readiness
 from gitsync.sync.history import item_history
+from gitsync.sync.job import success_message
 from gitsync.sync.jobs import JobStore
 from gitsync.sync.restore import RestoreService
 from gitsync.sync.runner import RETRY_AFTER_SECONDS, SyncRunner
-from gitsync.sync.service import SyncService, success_message
+from gitsync.sync.service import SyncService
 from gitsync.web import access_log, status_page
 from gitsync.web.drain import JOB_ID_KEY, Drain
 from gitsync.web.requests import parse_history_query, parse_restore_request, parse_sync_request

@@ -27,8 +27,8 @@ from gitsync.git.repo import Identity
 from gitsync.git.transport import default_username
 from gitsync.secrets import Secret
 from gitsync.sync.history import HistoryQuery
+from gitsync.sync.job import SyncJob
 from gitsync.sync.restore import RestoreJob
-from gitsync.sync.service import SyncJob
 from gitsync.windmill.wmill import Scope
 
 M = TypeVar("M", bound=BaseModel)

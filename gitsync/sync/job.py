@@ -1,0 +1,181 @@
+"""What one sync is: its request (SyncJob), its answer (SyncResult) and its target.
+
+Plain values, shared by the steps in ``service`` and the modules beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gitsync.config import SecretScanPolicy
+from gitsync.git.repo import Change, Identity
+from gitsync.git.transport import default_username
+from gitsync.secrets import Redactor, Secret
+from gitsync.sync.scan import Finding
+from gitsync.windmill.items import ItemChange
+from gitsync.windmill.wmill import Scope
+
+# Called with a step's name as a sync goes (the job record's phase).
+Progress = Callable[[str], None]
+# Changed paths listed in a commit body and a response; counts are always whole.
+MAX_LISTED_CHANGES = 500
+
+
+@dataclass(frozen=True)
+class SyncJob:
+    """Everything one sync needs; built from a validated request."""
+
+    workspace: str
+    remote_url: str  # canonical https URL, no credentials
+    branch: str
+    windmill_token: Secret
+    git_token: Secret
+    author: Identity
+    git_username: str | None = None
+    scope: Scope = field(default_factory=Scope)
+    allow_mass_deletion: bool = False
+    # Sub-directory of the repository this workspace lives in ("" = the root).
+    path_prefix: str = ""
+    # The request's secret-scan policy, if it named one (see effective_policy).
+    secret_scan: SecretScanPolicy | None = None
+
+    @property
+    def username(self) -> str:
+        return self.git_username or default_username(self.remote_url)
+
+    def redactor(self) -> Redactor:
+        return Redactor([self.windmill_token, self.git_token], [self.username])
+
+    def fingerprint(self) -> str:
+        """Identifies requests that may share one run (same target, same inputs)."""
+        material = json.dumps(
+            [
+                self.workspace,
+                self.remote_url,
+                self.branch,
+                self.windmill_token.reveal(),
+                self.git_token.reveal(),
+                dataclasses.astuple(self.author),
+                self.git_username,
+                dataclasses.astuple(self.scope),
+                self.allow_mass_deletion,
+                self.path_prefix,
+                self.secret_scan,
+            ],
+        )
+        return hashlib.sha256(material.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    workspace: str
+    remote_url: str
+    branch: str
+    changed: bool
+    commit: str | None
+    changes: tuple[Change, ...]
+    duration_seconds: float = 0.0
+    push_attempts: int = 0
+    commits: tuple[CommitInfo, ...] = ()
+    items: tuple[ItemChange, ...] = ()
+    scope: Scope = field(default_factory=Scope)
+    path_prefix: str = ""
+    # With workspace "*": one result per workspace.
+    workspaces: tuple[SyncResult, ...] = ()
+    # Secrets found and pushed anyway (SECRET_SCAN=warn); never their values.
+    secret_findings: tuple[Finding, ...] = ()
+
+    def count(self, status: str) -> int:
+        own = sum(1 for c in self.changes if c.status == status)
+        return own + sum(r.count(status) for r in self.workspaces)
+
+    def to_dict(self) -> dict[str, object]:
+        if self.workspace == "*":
+            return {
+                "workspace": "*",
+                "remote": self.remote_url,
+                "branch": self.branch,
+                "changed": self.changed,
+                "commit": self.commit,
+                "added": self.count("added"),
+                "modified": self.count("modified"),
+                "deleted": self.count("deleted"),
+                "files": [],
+                "workspaces": [r.to_dict() for r in self.workspaces],
+                "duration_seconds": round(self.duration_seconds, 3),
+            }
+        return {
+            "workspace": self.workspace,
+            "remote": self.remote_url,
+            "branch": self.branch,
+            "changed": self.changed,
+            "commit": self.commit,
+            "added": self.count("added"),
+            "modified": self.count("modified"),
+            "deleted": self.count("deleted"),
+            "files": [
+                {"path": c.path, "status": c.status} for c in self.changes[:MAX_LISTED_CHANGES]
+            ],
+            "files_truncated": len(self.changes) > MAX_LISTED_CHANGES,
+            "items": [
+                {
+                    "kind": c.item.kind,
+                    "path": c.item.path,
+                    "change": c.change,
+                    **({"old_path": c.old_path} if c.old_path else {}),
+                }
+                for c in self.items[:MAX_LISTED_CHANGES]
+            ],
+            "commits": [c.to_dict() for c in self.commits],
+            "secret_findings": [f.to_dict() for f in self.secret_findings],
+            "path_prefix": self.path_prefix,
+            "scope": self.scope.describe(),
+            "duration_seconds": round(self.duration_seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    commit: str
+    author: Identity
+    subject: str
+    items: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "commit": self.commit,
+            "author": f"{self.author.name} <{self.author.email}>",
+            "subject": self.subject,
+            "items": self.items,
+        }
+
+
+def target_key(
+    windmill_base_url: str, workspace: str, remote_url: str, branch: str, path_prefix: str = ""
+) -> str:
+    material = "\n".join((windmill_base_url, workspace, remote_url, branch))
+    if path_prefix:
+        material += "\n" + path_prefix
+    return hashlib.sha256(material.encode()).hexdigest()[:24]
+
+
+def success_message(result: SyncResult) -> str:
+    if result.workspace == "*":
+        return f"Successfully synced {len(result.workspaces)} workspaces to Git"
+    return f"Successfully synced workspace '{result.workspace}' to Git"
+
+
+def in_prefix(path: str, prefix: str) -> bool:
+    return not prefix or path.startswith(prefix + "/")
+
+
+def strip_prefix(path: str, prefix: str) -> str:
+    return path[len(prefix) + 1 :] if prefix else path
+
+
+def join_prefix(prefix: str, path: str) -> str:
+    return f"{prefix}/{path}" if prefix else path
