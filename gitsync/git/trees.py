@@ -162,6 +162,13 @@ def stage_export(
         rel = path[len(root) :]
         if mirror.is_managed(rel) and rel not in export:
             del entries[path]
+    # A root file of the export (settings.yaml, ...) wins over a directory of
+    # the remote's in its way, which is not Windmill's and so still there:
+    # build() keeps directories, and the file would silently be left out.
+    in_the_way = [p for p in entries if "/" in p[len(root) :] and p.startswith(root)]
+    for path in in_the_way:
+        if path[len(root) :].split("/", 1)[0] in export:
+            del entries[path]
     for rel, source in export.items():
         _put(entries, root + rel, _read_no_follow(source), known, new)
     readme_path = root + "README.md"
