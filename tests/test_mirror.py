@@ -11,7 +11,7 @@ from dulwich.objects import Blob, ShaFile
 
 from gitsync.errors import UnsafeExportError
 from gitsync.git.trees import build, entries_of, stage_export
-from gitsync.windmill.mirror import scan_export
+from gitsync.windmill.mirror import is_managed, scan_export
 
 
 def make(root: Path, files: dict[str, bytes]) -> Path:
@@ -100,7 +100,9 @@ def staged(
     store: MemoryObjectStore, base: bytes | None, export: Path, prefix: str = ""
 ) -> tuple[dict[str, bytes], dict[str, int], dict[bytes, ShaFile]]:
     new: dict[bytes, ShaFile] = {}
-    tree = stage_export(store.__getitem__, base, scan_export(export), prefix, README, new)
+    tree = stage_export(
+        store.__getitem__, base, scan_export(export), prefix, README, new, is_managed
+    )
     for obj in new.values():
         store.add_object(obj)
     entries = entries_of(store.__getitem__, tree)

@@ -13,7 +13,7 @@ import errno
 import logging
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,13 +239,20 @@ class GitRepo:
 
     # -- trees and commits --------------------------------------------------
 
-    def stage(self, base: str | None, export: Mapping[str, str], prefix: str, readme: str) -> str:
+    def stage(
+        self,
+        base: str | None,
+        export: Mapping[str, str],
+        prefix: str,
+        readme: str,
+        managed: Callable[[str], bool],
+    ) -> str:
         """The tree of ``base`` with the export (and README) in place; built in memory."""
         with local_store("Preparing the commit"):
             try:
                 base_tree = self.peel(_oid(base)).tree if base else None
                 tree = trees.stage_export(
-                    self.get, base_tree, export, prefix, readme, self._pending
+                    self.get, base_tree, export, prefix, readme, self._pending, managed
                 )
             except KeyError as exc:
                 raise GitError(

@@ -2,7 +2,7 @@
 
 What ``checkout_tree`` + ``mirror`` + ``readme.place`` + ``git add`` did on
 disk happens here on a flat ``path -> (mode, id)`` view of the base tree:
-only managed paths (``mirror.is_managed``) are made identical to the export,
+only managed paths (the caller's ``managed``, Windmill's) are made identical to the export,
 everything else stays exactly as the remote had it (links, submodules and
 all: nothing of the remote is ever written to disk). Trees are built
 bottom-up; the objects that are new go to the caller, to be written as one
@@ -25,7 +25,6 @@ from dulwich.errors import ChecksumMismatch, FileFormatException, ObjectFormatEx
 from dulwich.objects import Blob, ObjectID, ShaFile, Tree
 
 from gitsync.errors import GitError
-from gitsync.windmill import mirror
 
 Entry = tuple[int, ObjectID]  # (mode, object id as hex bytes)
 Lookup = Callable[[ObjectID], ShaFile]
@@ -153,14 +152,19 @@ def stage_export(
     prefix: str,
     readme_text: str,
     new: dict[ObjectID, ShaFile],
+    managed: Callable[[str], bool],
 ) -> ObjectID:
-    """The base tree with the export (and our README) in place under ``prefix``."""
+    """The base tree with the export (and our README) in place under ``prefix``.
+
+    ``managed`` says which paths (relative to ``prefix``) are the export's to
+    decide; every other path keeps what the base tree has.
+    """
     entries = entries_of(get, base_tree)
     known = {sha for _mode, sha in entries.values()}
     root = f"{prefix}/" if prefix else ""
     for path in [p for p in entries if p.startswith(root)]:
         rel = path[len(root) :]
-        if mirror.is_managed(rel) and rel not in export:
+        if managed(rel) and rel not in export:
             del entries[path]
     # A root file of the export (settings.yaml, ...) wins over a directory of
     # the remote's in its way, which is not Windmill's and so still there:

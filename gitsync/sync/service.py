@@ -299,7 +299,7 @@ class SyncService:
         repo: GitRepo, base: str | None, export: dict[str, str], job: SyncJob, readme_text: str
     ) -> str:
         """Step 2: ``base``'s tree with the export (and README) in place, built in memory."""
-        return repo.stage(base, export, job.path_prefix, readme_text)
+        return repo.stage(base, export, job.path_prefix, readme_text, mirror.is_managed)
 
     def _commit(
         self,
