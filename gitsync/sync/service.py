@@ -47,10 +47,12 @@ from gitsync.secrets import Redactor, Secret
 from gitsync.sync import readme
 from gitsync.sync.locks import TargetLocks
 from gitsync.sync.scan import ALLOWLIST_COMMENT, Finding, SecretScanner, effective_policy
+from gitsync.sync.skip import Decision, PullGate
 from gitsync.windmill import attribution, items, mirror
 from gitsync.windmill.api import WindmillApi
 from gitsync.windmill.items import ItemChange, ItemRef
 from gitsync.windmill.process import end_orphan
+from gitsync.windmill.recorder import PassThrough
 from gitsync.windmill.wmill import CLI_VERSION, Scope, WmillCli
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,9 @@ class SyncResult:
     workspaces: tuple[SyncResult, ...] = ()
     # Secrets found and pushed anyway (SECRET_SCAN=warn); never their values.
     secret_findings: tuple[Finding, ...] = ()
+    # "skipped" when nothing the CLI reads had changed (skip.py); why it ran otherwise.
+    pull: str = "ran"
+    pull_reason: str | None = None
 
     def count(self, status: str) -> int:
         own = sum(1 for c in self.changes if c.status == status)
@@ -180,6 +185,8 @@ class SyncResult:
             "secret_findings": [f.to_dict() for f in self.secret_findings],
             "path_prefix": self.path_prefix,
             "scope": self.scope.describe(),
+            "pull": self.pull,
+            **({"pull_reason": self.pull_reason} if self.pull_reason else {}),
             "duration_seconds": round(self.duration_seconds, 3),
         }
 
@@ -356,21 +363,20 @@ class SyncService:
         #    unless this request proved it may read the workspace.
         report("pulling")
         export_dir = root / "export"
-        with_retries(
-            lambda: self.wmill.pull(
-                workspace=job.workspace,
-                token=job.windmill_token,
-                export_dir=export_dir,
+        gate = PullGate(self.settings, root, export_dir, job.scope.wmill_yaml(), job.path_prefix)
+        pulled = self._pull_or_skip(job, repo, gate, deadline, redactor, pid_file, crashed)
+        if pulled.skip:
+            return SyncResult(
+                job.workspace,
+                job.remote_url,
+                job.branch,
+                False,
+                pulled.tip,
+                (),
                 scope=job.scope,
-                deadline=deadline,
-                redactor=redactor,
-                pid_file=pid_file,
-            ),
-            policy=self.settings.retry_policy,
-            deadline=deadline,
-            what="the Windmill pull",
-            on_retry=self.on_retry,
-        )
+                path_prefix=job.path_prefix,
+                pull="skipped",
+            )
         # The remote is asked for its tip (a network round trip) while the
         # export is checked and the commit prepared on the tip we expect (the
         # disk); only now that the pull has proved the request's Windmill
@@ -391,7 +397,7 @@ class SyncService:
                 job.path_prefix,
             )
             try:
-                return self._commit_and_push(
+                result = self._commit_and_push(
                     job, repo, export, readme_text, deadline, report, (first_tip, expected_base)
                 )
             except (GitError, CommandError) as exc:
@@ -407,7 +413,61 @@ class SyncService:
                     extra={"detail": getattr(exc, "detail", None)},
                 )
                 repo.recover_after_crash()
-                return self._commit_and_push(job, repo, export, readme_text, deadline, report)
+                result = self._commit_and_push(job, repo, export, readme_text, deadline, report)
+        gate.remember(pulled.exchanges, result.commit)
+        return dataclasses.replace(result, pull="ran", pull_reason=pulled.reason)
+
+    def _pull_or_skip(
+        self,
+        job: SyncJob,
+        repo: GitRepo,
+        gate: PullGate,
+        deadline: Deadline,
+        redactor: Redactor,
+        pid_file: Path,
+        crashed: bool,
+    ) -> Decision:
+        """Skip the pull if nothing it reads changed (skip.py); else pull, recorded."""
+
+        def remote_tip() -> str | None:
+            with repo.credentials():
+                return self._fetch_tip_retrying(repo, deadline)
+
+        decision = gate.check(job.windmill_token, deadline, crashed=crashed, remote_tip=remote_tip)
+        if decision.skip:
+            log.info("nothing the pull reads has changed; the CLI is not started")
+            return decision
+        gate.forget()
+        passthrough = PassThrough(
+            gate.upstream, decision.replay, deadline.for_command(self.settings.command_timeout)
+        )
+        attempts = 0
+
+        def pull() -> None:
+            nonlocal attempts
+            attempts += 1
+            passthrough.begin_attempt(first=attempts == 1)
+            self.wmill.pull(
+                workspace=job.workspace,
+                token=job.windmill_token,
+                export_dir=gate.export_dir,
+                scope=job.scope,
+                deadline=deadline,
+                redactor=redactor,
+                pid_file=pid_file,
+                windmill_url=passthrough.url,
+            )
+
+        with passthrough.running():
+            with_retries(
+                pull,
+                policy=self.settings.retry_policy,
+                deadline=deadline,
+                what="the Windmill pull",
+                on_retry=self.on_retry,
+            )
+        decision.exchanges = passthrough.exchanges()
+        return decision
 
     def _commit_and_push(
         self,
