@@ -326,6 +326,11 @@ def _to_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     stored = json.loads(result) if result else {}
     data["files"] = stored.get("files", [])
     data["secret_findings"] = stored.get("secret_findings", [])
+    # "skipped" when the CLI was not started; absent for jobs that never finished.
+    if "pull" in stored:
+        data["pull"] = stored["pull"]
+        if stored.get("pull_reason"):
+            data["pull_reason"] = stored["pull_reason"]
     for stamp in ("created_at", "started_at", "finished_at"):
         if data[stamp] is not None:
             data[stamp] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(data[stamp]))

@@ -138,11 +138,19 @@ class Upstream:
             _NoRedirect(), urllib.request.HTTPSHandler(context=context)
         )
 
-    def fetch(self, request: Request, authorization: str | None, timeout: float) -> Exchange:
+    def fetch(
+        self,
+        request: Request,
+        authorization: str | None,
+        timeout: float,
+        user_agent: str = "windmill-git-sync",
+    ) -> Exchange:
         """The answer to ``request``; raises OSError when Windmill cannot be reached."""
         headers = dict(request.headers)
         if authorization:
             headers["Authorization"] = authorization
+        # The CLI's own when it is the CLI asking: Windmill's logs tell the two apart.
+        headers["User-Agent"] = user_agent
         http_request = urllib.request.Request(  # noqa: S310 - http(s) base URL, checked in config
             self.base + request.target, headers=headers, method=request.method
         )
@@ -230,14 +238,18 @@ class PassThrough:
             thread.join(10)
             self._server = None
 
-    def _answer(self, request: Request, authorization: str | None) -> Exchange | None:
+    def _answer(
+        self, request: Request, authorization: str | None, user_agent: str | None
+    ) -> Exchange | None:
         with self._lock:
             replayed = self._replay.get(request)
         if replayed is not None:
             exchange = replayed
         else:
             try:
-                exchange = self.upstream.fetch(request, authorization, self.timeout)
+                exchange = self.upstream.fetch(
+                    request, authorization, self.timeout, user_agent or "windmill-git-sync"
+                )
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 log.info("Windmill could not be reached for the CLI: %s", type(exc).__name__)
                 return None
@@ -280,7 +292,9 @@ def _handler_for(owner: PassThrough) -> type[BaseHTTPRequestHandler]:
                     if (value := self.headers.get(name)) is not None
                 ),
             )
-            exchange = owner._answer(request, self.headers.get("authorization"))
+            exchange = owner._answer(
+                request, self.headers.get("authorization"), self.headers.get("user-agent")
+            )
             if exchange is None:
                 # Windmill is down: the CLI must see a network error, as it would.
                 self.close_connection = True
