@@ -364,7 +364,7 @@ class SyncService:
         report("pulling")
         export_dir = root / "export"
         gate = PullGate(self.settings, root, export_dir, job.scope.wmill_yaml(), job.path_prefix)
-        pulled = self._pull_or_skip(job, repo, gate, deadline, redactor, pid_file, crashed)
+        pulled = self._pull_or_skip(job, repo, gate, deadline, pid_file, crashed)
         if pulled.skip:
             return SyncResult(
                 job.workspace,
@@ -423,7 +423,6 @@ class SyncService:
         repo: GitRepo,
         gate: PullGate,
         deadline: Deadline,
-        redactor: Redactor,
         pid_file: Path,
         crashed: bool,
     ) -> Decision:
@@ -442,6 +441,8 @@ class SyncService:
             gate.upstream, decision.replay, deadline.for_command(self.settings.command_timeout)
         )
         attempts = 0
+        # The CLI's errors quote its base URL: the run's secret path must not reach an answer.
+        redactor = Redactor([job.windmill_token, job.git_token, passthrough.secret], [job.username])
 
         def pull() -> None:
             nonlocal attempts
