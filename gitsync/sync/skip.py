@@ -170,7 +170,7 @@ class PullGate:
                 log.info("the skip check could not reach Windmill: %s", type(exc).__name__)
                 return Decision(False, "windmill unreachable during the skip check")
             replay[request] = exchange
-            if exchange.digest() != recorded:
+            if exchange.digest_once != recorded:
                 changed.append(request.endpoint)
         if changed:
             return Decision(False, "windmill content changed: " + ", ".join(changed), replay)
@@ -194,7 +194,7 @@ class PullGate:
             tip=tip,
             service=SERVICE_VERSION,
             exchanges=tuple(
-                (e.request, e.digest())
+                (e.request, e.digest_once)
                 for e in sorted(exchanges, key=lambda e: (e.request.target, e.request.headers))
             ),
         )

@@ -21,6 +21,7 @@ from the CLI's own request and never kept.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -89,6 +90,11 @@ class Exchange:
     content_type: str
     body: bytes  # in memory only: workspace content, ciphertext
     headers: tuple[tuple[str, str], ...] = ()
+
+    @functools.cached_property
+    def digest_once(self) -> str:
+        # The check and the record both need it: the archive is read once.
+        return self.digest()
 
     def digest(self) -> str:
         """A digest of the answer as the CLI uses it.
