@@ -364,8 +364,10 @@ def test_killed_during_pull_orphan_is_ended_and_next_sync_backs_up(
 
     assert isinstance(killed_post.exception(timeout=30), requests.ConnectionError)
     orphans = pulling
-    # Its own session: the pull outlives the killed service, still waiting for the archive.
-    assert all(is_alive(p) for p in orphans), "the pull's node process should be orphaned"
+    # Its own session: the pull is not killed with the service. Since #16 it reaches
+    # Windmill through the service's recording pass-through, so it loses that
+    # connection and exits by itself, unless it is stuck elsewhere (writing files):
+    # then the restart must end it. Either way none may be left running.
     assert (root / "sync.running").exists()
     assert (root / "export.incomplete").exists()
     # What a pull cut short half-way through writing the archive leaves.
@@ -381,7 +383,6 @@ def test_killed_during_pull_orphan_is_ended_and_next_sync_backs_up(
     data = response.json()
     assert data["changed"] is True
     assert not [p for p in orphans if is_alive(p)], "the orphaned pull was not ended"
-    assert "ended orphaned child process group" in second.log_text()
     assert fresh.log() == made(data)
     assert_remote_is_exact_backup(fresh, windmill, tmp_path)
     assert "f/team/half_written.sh" not in fresh.tree()

@@ -88,6 +88,9 @@ class SyncResult:
     workspaces: tuple[SyncResult, ...] = ()
     # Secrets found and pushed anyway (SECRET_SCAN=warn); never their values.
     secret_findings: tuple[Finding, ...] = ()
+    # "skipped" when nothing the CLI reads had changed (skip.py); why it ran otherwise.
+    pull: str = "ran"
+    pull_reason: str | None = None
 
     def count(self, status: str) -> int:
         own = sum(1 for c in self.changes if c.status == status)
@@ -134,6 +137,8 @@ class SyncResult:
             "secret_findings": [f.to_dict() for f in self.secret_findings],
             "path_prefix": self.path_prefix,
             "scope": self.scope.describe(),
+            "pull": self.pull,
+            **({"pull_reason": self.pull_reason} if self.pull_reason else {}),
             "duration_seconds": round(self.duration_seconds, 3),
         }
 

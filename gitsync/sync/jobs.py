@@ -386,6 +386,11 @@ def _to_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     stored = json.loads(result) if result else {}
     data["files"] = stored.get("files", [])
     data["secret_findings"] = stored.get("secret_findings", [])
+    # "skipped" when the CLI was not started; absent for jobs that never finished.
+    if "pull" in stored:
+        data["pull"] = stored["pull"]
+        if stored.get("pull_reason"):
+            data["pull_reason"] = stored["pull_reason"]
     for stamp in ("created_at", "started_at", "finished_at", "interrupted_at"):
         data[stamp] = _stamp(data[stamp])
     return data

@@ -183,7 +183,12 @@ class SyncRunner:
                 deleted=data["deleted"],
                 attempts=result.push_attempts,
                 result_json=json.dumps(
-                    {"files": data["files"], "secret_findings": data.get("secret_findings", [])}
+                    {
+                        "files": data["files"],
+                        "secret_findings": data.get("secret_findings", []),
+                        "pull": result.pull,
+                        "pull_reason": result.pull_reason,
+                    }
                 ),
             )
             self._report_success(run, result, data)

@@ -33,14 +33,17 @@ from gitsync.errors import CommandError, GitError
 from gitsync.git.repo import GitRepo, is_corruption
 from gitsync.git.transport import PushOutcome
 from gitsync.retry import with_retries
+from gitsync.secrets import Redactor
 from gitsync.sync import commits, guards, readme
 from gitsync.sync.base import choose_base
 from gitsync.sync.job import CommitInfo, Progress, SyncJob, SyncResult, target_key
 from gitsync.sync.locks import TargetLocks
 from gitsync.sync.scan import Finding, SecretScanner
+from gitsync.sync.skip import Decision, PullGate
 from gitsync.sync.workspaces import sync_every_workspace
 from gitsync.windmill import items, mirror
 from gitsync.windmill.process import end_orphan
+from gitsync.windmill.recorder import PassThrough
 from gitsync.windmill.wmill import WmillCli
 
 log = logging.getLogger(__name__)
@@ -154,7 +157,20 @@ class SyncService:
         #    unless this request proved it may read the workspace.
         report("pulling")
         export_dir = root / "export"
-        self._pull(job, export_dir, deadline, pid_file)
+        gate = PullGate(self.settings, root, export_dir, job.scope.wmill_yaml(), job.path_prefix)
+        pulled = self._pull_or_skip(job, repo, gate, deadline, pid_file, crashed)
+        if pulled.skip:
+            return SyncResult(
+                job.workspace,
+                job.remote_url,
+                job.branch,
+                False,
+                pulled.tip,
+                (),
+                scope=job.scope,
+                path_prefix=job.path_prefix,
+                pull="skipped",
+            )
         # The remote is asked for its tip (a network round trip) while the
         # export is checked and the commit prepared on the tip we expect (the
         # disk); only now that the pull has proved the request's Windmill
@@ -174,7 +190,7 @@ class SyncService:
                 job.path_prefix,
             )
             try:
-                return self._commit_and_push(
+                result = self._commit_and_push(
                     job, repo, export, readme_text, deadline, report, (first_tip, expected_base)
                 )
             except (GitError, CommandError) as exc:
@@ -190,7 +206,65 @@ class SyncService:
                     extra={"detail": getattr(exc, "detail", None)},
                 )
                 repo.recover_after_crash()
-                return self._commit_and_push(job, repo, export, readme_text, deadline, report)
+                result = self._commit_and_push(job, repo, export, readme_text, deadline, report)
+        gate.remember(pulled.exchanges, result.commit)
+        return dataclasses.replace(result, pull="ran", pull_reason=pulled.reason)
+
+    def _pull_or_skip(
+        self,
+        job: SyncJob,
+        repo: GitRepo,
+        gate: PullGate,
+        deadline: Deadline,
+        pid_file: Path,
+        crashed: bool,
+    ) -> Decision:
+        """Step 1: the workspace into the export directory, with the request's own token.
+
+        Skipped when nothing the pull reads has changed (skip.py); otherwise
+        the CLI pulls through the recording pass-through (recorder.py).
+        """
+
+        def remote_tip() -> str | None:
+            return self._fetch_tip_retrying(repo, deadline)
+
+        decision = gate.check(job.windmill_token, deadline, crashed=crashed, remote_tip=remote_tip)
+        if decision.skip:
+            log.info("nothing the pull reads has changed; the CLI is not started")
+            return decision
+        gate.forget()
+        passthrough = PassThrough(
+            gate.upstream, decision.replay, deadline.for_command(self.settings.command_timeout)
+        )
+        attempts = 0
+        # The CLI's errors quote its base URL: the run's secret path must not reach an answer.
+        redactor = Redactor([job.windmill_token, job.git_token, passthrough.secret], [job.username])
+
+        def pull() -> None:
+            nonlocal attempts
+            attempts += 1
+            passthrough.begin_attempt(first=attempts == 1)
+            self.wmill.pull(
+                workspace=job.workspace,
+                token=job.windmill_token,
+                export_dir=gate.export_dir,
+                scope=job.scope,
+                deadline=deadline,
+                redactor=redactor,
+                pid_file=pid_file,
+                windmill_url=passthrough.url,
+            )
+
+        with passthrough.running():
+            with_retries(
+                pull,
+                policy=self.settings.retry_policy,
+                deadline=deadline,
+                what="the Windmill pull",
+                on_retry=self.on_retry,
+            )
+        decision.exchanges = passthrough.exchanges()
+        return decision
 
     def _commit_and_push(
         self,
@@ -274,24 +348,6 @@ class SyncService:
             f"({PUSH_ATTEMPTS} attempts); the commit is kept and will be pushed by the next "
             "sync",
             transient=True,
-        )
-
-    def _pull(self, job: SyncJob, export_dir: Path, deadline: Deadline, pid_file: Path) -> None:
-        """Step 1: the workspace into the export directory, with the request's own token."""
-        with_retries(
-            lambda: self.wmill.pull(
-                workspace=job.workspace,
-                token=job.windmill_token,
-                export_dir=export_dir,
-                scope=job.scope,
-                deadline=deadline,
-                redactor=job.redactor(),
-                pid_file=pid_file,
-            ),
-            policy=self.settings.retry_policy,
-            deadline=deadline,
-            what="the Windmill pull",
-            on_retry=self.on_retry,
         )
 
     @staticmethod

@@ -123,8 +123,13 @@ class WmillCli:
         deadline: Deadline,
         redactor: Redactor,
         pid_file: Path | None = None,
+        windmill_url: str | None = None,
     ) -> None:
-        """Mirror the workspace into ``export_dir`` (created if needed)."""
+        """Mirror the workspace into ``export_dir`` (created if needed).
+
+        ``windmill_url`` is where the CLI finds Windmill, when not at the
+        configured URL (the service's recording pass-through).
+        """
         # A pull killed half-way can leave the directory (and the CLI's own
         # wmill-lock.yaml) in any state: start such a directory afresh.
         incomplete = export_dir.with_name(export_dir.name + ".incomplete")
@@ -154,6 +159,7 @@ class WmillCli:
             deadline=deadline,
             redactor=redactor,
             pid_file=pid_file,
+            windmill_url=windmill_url,
         )
         if node_options:
             log.debug("pulling with wmill-lock.yaml updated in one batch")
@@ -221,9 +227,12 @@ class WmillCli:
         redactor: Redactor,
         pid_file: Path | None = None,
         node_options: Sequence[str] = (),
+        windmill_url: str | None = None,
     ) -> str:
         with tempfile.TemporaryDirectory(prefix="wgs-wmill-") as tmp:
             env = self._env(Path(tmp), workspace, token, directory)
+            if windmill_url is not None:
+                env["BASE_INTERNAL_URL"] = windmill_url
             try:
                 return run(
                     self._argv(*args, node_options=node_options),

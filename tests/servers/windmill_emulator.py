@@ -39,6 +39,7 @@ import re
 import socket
 import tarfile
 import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -312,7 +313,7 @@ class Workspace:
         self.revision = 0  # bumped on every change; keys the archive cache
         self._clock = 0
         self._version_seq = 0
-        self._archive_cache: dict[tuple[Any, ...], tuple[int, bytes]] = {}
+        self._archive_cache: dict[tuple[Any, ...], tuple[int, list[tuple[str, bytes]]]] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -754,16 +755,24 @@ class Workspace:
     # -- the archive (§4.1) -----------------------------------------------------------------
 
     def archive(self, opts: ExportOptions, *, caller_is_admin: bool = True) -> bytes:
-        """The tarball endpoint's body, cached until the workspace changes."""
+        """The tarball endpoint's body: entries cached until the workspace changes.
+
+        The archive itself is built on each request with the current time on
+        its entries, as a server that stamps build times would: its bytes
+        differ on every request even when nothing changed.
+        """
         key = (opts, caller_is_admin)
         with self._lock:
             cached = self._archive_cache.get(key)
             if cached and cached[0] == self.revision:
-                return cached[1]
-            entries = list(export_entries(self, opts, caller_is_admin=caller_is_admin))
-            body = build_tar(entries) if opts.archive_type == "tar" else build_zip(entries)
-            self._archive_cache[key] = (self.revision, body)
-            return body
+                entries = cached[1]
+            else:
+                entries = list(export_entries(self, opts, caller_is_admin=caller_is_admin))
+                self._archive_cache[key] = (self.revision, entries)
+        built = time.time()
+        if opts.archive_type == "tar":
+            return build_tar(entries, mtime=int(built))
+        return build_zip(entries, date_time=time.localtime(built)[:6])
 
     def export(self, opts: ExportOptions | None = None) -> dict[str, bytes]:
         """The archive entries as a dict, for assertions."""
@@ -1093,12 +1102,15 @@ def _settings_export(ws: Workspace, caller_is_admin: bool) -> JsonObj:
     return out
 
 
-def build_zip(entries: list[tuple[str, bytes]]) -> bytes:
-    """Deflate, file entries only, mtime 0 (zip's earliest date), mode 0777 (§4.1)."""
+def build_zip(
+    entries: list[tuple[str, bytes]],
+    date_time: tuple[int, int, int, int, int, int] = (1980, 1, 1, 0, 0, 0),
+) -> bytes:
+    """Deflate, file entries only, mode 0777 (§4.1); mtime 0 (zip's earliest date) by default."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         for name, content in entries:
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info = zipfile.ZipInfo(name, date_time=date_time)
             info.compress_type = zipfile.ZIP_DEFLATED
             info.create_system = 3
             info.external_attr = 0o100777 << 16
@@ -1106,13 +1118,13 @@ def build_zip(entries: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def build_tar(entries: list[tuple[str, bytes]]) -> bytes:
-    """The `archive_type=tar` fallback: GNU headers, mtime 0, mode 0777."""
+def build_tar(entries: list[tuple[str, bytes]], mtime: int = 0) -> bytes:
+    """The `archive_type=tar` fallback: GNU headers, mode 0777; mtime 0 by default."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
         for name, content in entries:
             info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(content), 0, 0o777
+            info.size, info.mtime, info.mode = len(content), mtime, 0o777
             tf.addfile(info, io.BytesIO(content))
     return buf.getvalue()
 
@@ -1645,6 +1657,7 @@ class RequestRecord:
     workspace: str | None = None
     endpoint: str = ""
     body: Any = None  # the parsed JSON body of writes, for assertions
+    user_agent: str = ""  # "node" for the CLI: tells its requests from the service's
 
 
 @dataclass
@@ -3225,6 +3238,7 @@ class WindmillEmulator:
         path, raw_query = parts.path, parts.query
         query = dict(parse_qsl(raw_query, keep_blank_values=True))
         rec = RequestRecord(method, path, query, raw_query, token_ok=False, status=0)
+        rec.user_agent = str(headers.get("user-agent") or "")
         try:
             resp = self._answer(method, path, query, headers, raw_body, rec)
         except ApiError as err:

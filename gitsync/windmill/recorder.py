@@ -1,0 +1,327 @@
+"""A loopback pass-through between the ``wmill`` CLI and Windmill that records what it reads.
+
+A pull's output is a function of what the CLI reads from Windmill (and of its
+version, its ``wmill.yaml`` and the directory it pulls into). To know next time
+whether a pull could write anything new, the service must know exactly which
+requests the CLI made and what it was answered: guessing the list from the
+protocol notes would miss a request a later CLI adds. So the CLI's
+``BASE_INTERNAL_URL`` points here for the run, and every exchange is kept, in
+memory, as the CLI saw it.
+
+In replay mode the pass-through answers from exchanges the service fetched
+itself just before (the skip check), so what the CLI writes, and what gets
+committed, is exactly what was compared; a request the replay does not hold
+goes to Windmill live and is recorded like any other.
+
+Guards: it listens on 127.0.0.1 only, every path must start with a secret
+drawn for this run (it reaches only the CLI's environment), and only GETs
+under ``api/`` are served: a pull makes nothing else. The token is forwarded
+from the CLI's own request and never kept.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import logging
+import secrets
+import ssl
+import tarfile
+import threading
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from gitsync.secrets import Secret
+
+log = logging.getLogger(__name__)
+
+# Request headers that can change Windmill's answer and carry no secret; they
+# are part of what identifies a request (and are sent again by the skip check).
+# Authorization is forwarded but never recorded; Accept-Encoding is not
+# forwarded, so bodies arrive uncompressed and their digests mean one thing.
+RECORDED_HEADERS = ("accept", "content-type", "x-windmill-client")
+# Response headers passed back to the CLI; hop-by-hop ones are ours to set.
+_RESPONSE_HEADERS = ("content-type", "content-disposition", "cf-mitigated")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of the CLI, without its token: what is re-issued and compared."""
+
+    method: str
+    target: str  # relative to the base URL, "api/..." with its query
+    headers: tuple[tuple[str, str], ...]
+
+    def to_json(self) -> dict[str, object]:
+        return {"method": self.method, "target": self.target, "headers": list(self.headers)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Request:
+        headers = data["headers"]
+        if not isinstance(headers, list):
+            raise ValueError("headers")
+        return cls(
+            str(data["method"]),
+            str(data["target"]),
+            tuple((str(k), str(v)) for k, v in headers),
+        )
+
+    @property
+    def endpoint(self) -> str:
+        """The path without the workspace and query, for reasons a user reads."""
+        path = self.target.split("?", 1)[0].removeprefix("api/")
+        if path.startswith("w/"):
+            path = path.split("/", 2)[2] if path.count("/") >= 2 else path
+        return path
+
+
+@dataclass(frozen=True)
+class Exchange:
+    request: Request
+    status: int
+    content_type: str
+    body: bytes  # in memory only: workspace content, ciphertext
+    headers: tuple[tuple[str, str], ...] = ()
+
+    @functools.cached_property
+    def digest_once(self) -> str:
+        # The check and the record both need it: the archive is read once.
+        return self.digest()
+
+    def digest(self) -> str:
+        """A digest of the answer as the CLI uses it.
+
+        Windmill builds the workspace archive on each request, and its bytes
+        may carry build times when nothing changed; the CLI only uses the
+        entries' names and contents, so that is what the digest covers.
+        """
+        body = self.body
+        if 200 <= self.status < 300 and self.request.endpoint == "workspaces/tarball":
+            body = archive_digest(body).encode()
+        material = json.dumps([self.status, self.content_type.lower(), _sha(body)])
+        return _sha(material.encode())
+
+
+def archive_digest(body: bytes) -> str:
+    """Sorted entry names and content digests of a zip (or tar); the raw bytes otherwise."""
+    entries: list[tuple[str, str]] = []
+    try:
+        with zipfile.ZipFile(io.BytesIO(body)) as zf:
+            entries = [(i.filename, _sha(zf.read(i))) for i in zf.infolist()]
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        try:
+            with tarfile.open(fileobj=io.BytesIO(body)) as tf:
+                for member in tf:
+                    data = tf.extractfile(member)
+                    content = data.read() if data is not None else b""
+                    entries.append((f"{member.name}:{member.type!r}", _sha(content)))
+        except (tarfile.TarError, ValueError, OSError, EOFError):
+            return "raw:" + _sha(body)
+    return _sha(json.dumps(sorted(entries)).encode())
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Upstream:
+    """Windmill itself, asked with a given token; no redirects, a timeout always."""
+
+    def __init__(self, base_url: str, *, extra_ca: Path | None) -> None:
+        self.base = base_url if base_url.endswith("/") else base_url + "/"
+        context = ssl.create_default_context()
+        if extra_ca:
+            context.load_verify_locations(cafile=str(extra_ca))
+        self._opener = urllib.request.build_opener(
+            _NoRedirect(), urllib.request.HTTPSHandler(context=context)
+        )
+
+    def fetch(
+        self,
+        request: Request,
+        authorization: str | None,
+        timeout: float,
+        user_agent: str = "windmill-git-sync",
+    ) -> Exchange:
+        """The answer to ``request``; raises OSError when Windmill cannot be reached."""
+        headers = dict(request.headers)
+        if authorization:
+            headers["Authorization"] = authorization
+        # The CLI's own when it is the CLI asking: Windmill's logs tell the two apart.
+        headers["User-Agent"] = user_agent
+        http_request = urllib.request.Request(  # noqa: S310 - http(s) base URL, checked in config
+            self.base + request.target, headers=headers, method=request.method
+        )
+        try:
+            response = self._opener.open(http_request, timeout=max(timeout, 1.0))
+        except urllib.error.HTTPError as exc:
+            response = exc
+        with response:
+            body = response.read()
+            kept = tuple(
+                (name, value)
+                for name in _RESPONSE_HEADERS
+                if (value := response.headers.get(name)) is not None
+            )
+            return Exchange(
+                request,
+                int(response.status),
+                response.headers.get("content-type", ""),
+                body,
+                kept,
+            )
+
+    def fetch_with_token(self, request: Request, token: Secret, timeout: float) -> Exchange:
+        return self.fetch(request, f"Bearer {token.reveal()}", timeout)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # The token must not follow a redirect to another host; the CLI gets the 3xx.
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+class PassThrough:
+    """The CLI's Windmill for one sync: see the module docstring."""
+
+    def __init__(self, upstream: Upstream, replay: dict[Request, Exchange], timeout: float) -> None:
+        self.upstream = upstream
+        self.timeout = timeout
+        self._replay = dict(replay)
+        self._secret = secrets.token_urlsafe(24)
+        self._lock = threading.Lock()
+        self._exchanges: dict[Request, Exchange] = {}
+        self._live: list[Request] = []
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("the pass-through is not running")
+        return f"http://127.0.0.1:{self._server.server_address[1]}/{self._secret}/"
+
+    @property
+    def secret(self) -> Secret:
+        return Secret(self._secret)
+
+    def begin_attempt(self, first: bool) -> None:
+        """Forget the last attempt; a retry reads Windmill live, or it could not recover."""
+        with self._lock:
+            self._exchanges.clear()
+            self._live.clear()
+            if not first:
+                self._replay.clear()
+
+    def exchanges(self) -> list[Exchange]:
+        """What the CLI was answered in this attempt, one per distinct request."""
+        with self._lock:
+            return list(self._exchanges.values())
+
+    def live_requests(self) -> list[Request]:
+        with self._lock:
+            return list(self._live)
+
+    @contextmanager
+    def running(self) -> Iterator[PassThrough]:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        server.daemon_threads = True
+        self._server = server
+        thread = threading.Thread(target=server.serve_forever, name="wgs-passthrough", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(10)
+            self._server = None
+
+    def _answer(
+        self, request: Request, authorization: str | None, user_agent: str | None
+    ) -> Exchange | None:
+        with self._lock:
+            replayed = self._replay.get(request)
+        if replayed is not None:
+            exchange = replayed
+        else:
+            try:
+                exchange = self.upstream.fetch(
+                    request, authorization, self.timeout, user_agent or "windmill-git-sync"
+                )
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                log.info("Windmill could not be reached for the CLI: %s", type(exc).__name__)
+                return None
+            with self._lock:
+                self._live.append(request)
+        with self._lock:
+            self._exchanges[request] = exchange
+        return exchange
+
+    def _accepts(self, path: str) -> str | None:
+        prefix = f"/{self._secret}/"
+        if not secrets.compare_digest(path[: len(prefix)].encode(), prefix.encode()):
+            return None
+        rest = path[len(prefix) :]
+        return rest if rest.startswith("api/") else None
+
+
+def _handler_for(owner: PassThrough) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass  # the path holds the run's secret
+
+        def do_GET(self) -> None:
+            target = owner._accepts(self.path)
+            if target is None:
+                self._plain(404, b"Not found")
+                return
+            length = int(self.headers.get("content-length") or 0)
+            if length:
+                self._plain(400, b"Bad request: a pull sends no body")
+                return
+            request = Request(
+                "GET",
+                target,
+                tuple(
+                    (name, value)
+                    for name in RECORDED_HEADERS
+                    if (value := self.headers.get(name)) is not None
+                ),
+            )
+            exchange = owner._answer(
+                request, self.headers.get("authorization"), self.headers.get("user-agent")
+            )
+            if exchange is None:
+                # Windmill is down: the CLI must see a network error, as it would.
+                self.close_connection = True
+                return
+            self.send_response(exchange.status)
+            for name, value in exchange.headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(exchange.body)))
+            self.end_headers()
+            self.wfile.write(exchange.body)
+
+        def _refuse(self) -> None:
+            self._plain(404, b"Not found")
+
+        do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _refuse
+
+        def _plain(self, status: int, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
