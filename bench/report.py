@@ -120,6 +120,7 @@ def render(
         + " |"
     )
     out.append("")
+    out.extend(_secret_scan_share(results))
 
     out.append("### Times")
     out.append("")
@@ -354,3 +355,21 @@ def update_docs(path: Path, text: str) -> None:
     before, rest = doc.split(BEGIN, 1)
     _, after = rest.split(END, 1)
     path.write_text(f"{before}{BEGIN}\n{text}{END}{after}")
+
+
+def _secret_scan_share(results: list[SizeResult]) -> list[str]:
+    """What the secret scan (issue #17) weighs: all files on a first sync, one on a change."""
+    lines = []
+    for r in results:
+        if r.scan_all is None or r.scan_one is None:
+            continue
+        first, one = r.median("svc_first"), r.median("svc_one")
+        share_first = f" ({r.scan_all / first:.1%} of the first sync)" if first else ""
+        share_one = f" ({r.scan_one / one:.2%} of a one-item change)" if one else ""
+        lines.append(
+            f"- {r.size} items: the secret scan takes {r.scan_all:.2f} s for every file"
+            f"{share_first}, {r.scan_one * 1000:.1f} ms for one script{share_one}."
+        )
+    if lines:
+        lines = ["Secret scan (only the files a sync adds or changes are scanned):", "", *lines, ""]
+    return lines

@@ -29,6 +29,8 @@ from pathlib import Path
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
 from gitsync.secrets import Redactor, Secret
+from gitsync.sync.scan import SecretScanner
+from gitsync.windmill.mirror import scan_export
 from gitsync.windmill.wmill import Scope, WmillCli
 from tests.servers.service_process import WMILL_CLI
 from tests.servers.windmill_emulator import ExportOptions
@@ -49,6 +51,9 @@ class SizeResult:
     notes: list[str] = field(default_factory=list)
     # The service's first-sync export compared with the bare CLI's first pull.
     identical: bool | None = None
+    # The secret scan alone (seconds): every file (a first sync), one script.
+    scan_all: float | None = None
+    scan_one: float | None = None
 
     def add(self, name: str, run: Run) -> None:
         self.runs.setdefault(name, []).append(run)
@@ -188,6 +193,7 @@ def run_size(
     result.files = sum(1 for p in export.rglob("*") if p.is_file())
     lock = (export / "wmill-lock.yaml").read_text()
     result.lock_entries = sum(1 for line in lock.splitlines() if line.startswith("  "))
+    result.scan_all, result.scan_one = time_secret_scan(export)
     history_repo = base / "history.git"
     build_history(history_repo, export, history)
     service_remote = servers.create_repo(f"svc-{size}", copy_of=history_repo)
@@ -230,6 +236,23 @@ def run_size(
             result.add("naive", naive_backup(servers, naive_remote, base, workspace, cli_log))
     shutil.rmtree(base / "cli", ignore_errors=True)
     return result
+
+
+def time_secret_scan(export: Path, repeats: int = 3) -> tuple[float, float]:
+    """The scan of a first sync (every file) and of a one-item change (one script)."""
+    scanner = SecretScanner()
+    files = scan_export(export)
+    one = next(rel for rel in sorted(files) if rel.endswith((".py", ".ts")))
+
+    def timed(subset: dict[str, str]) -> float:
+        runs = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            scanner.scan(subset)
+            runs.append(time.perf_counter() - started)
+        return float(statistics.median(runs))
+
+    return timed(files), timed({one: files[one]})
 
 
 def run_throughput(
