@@ -181,7 +181,12 @@ class SyncService:
             fetcher,
             ThreadPoolExecutor(1, thread_name_prefix="wgs-fetch") as pool,
         ):
-            first_tip = pool.submit(self._fetch_tip_retrying, fetcher, deadline)
+            if pulled.tip_known:
+                # The skip check has just fetched it: no second fetch.
+                first_tip: Future[str | None] = Future()
+                first_tip.set_result(pulled.tip)
+            else:
+                first_tip = pool.submit(self._fetch_tip_retrying, fetcher, deadline)
             export = mirror.scan_export(export_dir)
             readme_text = readme.render(
                 job.workspace,

@@ -121,6 +121,8 @@ class Decision:
     reason: str | None
     replay: dict[Request, Exchange] = field(default_factory=dict)
     tip: str | None = None
+    # The check asked the remote for its tip (``tip``, None for no branch yet).
+    tip_known: bool = False
     # Filled in after the pull: what the CLI was answered, for the next record.
     exchanges: list[Exchange] = field(default_factory=list)
 
@@ -176,8 +178,8 @@ class PullGate:
             return Decision(False, "windmill content changed: " + ", ".join(changed), replay)
         tip = remote_tip()
         if tip != record.tip:
-            return Decision(False, "remote tip moved", replay)
-        return Decision(True, None, tip=tip)
+            return Decision(False, "remote tip moved", replay, tip=tip, tip_known=True)
+        return Decision(True, None, tip=tip, tip_known=True)
 
     def forget(self) -> None:
         """Before a pull runs: a sync that fails from here on leaves no record."""

@@ -35,8 +35,11 @@ class WindmillApi:
         context = ssl.create_default_context()
         if extra_ca:
             context.load_verify_locations(cafile=str(extra_ca))
+        # No proxy from the environment: ambient settings never reroute a token.
         self._opener = urllib.request.build_opener(
-            _NoRedirect(), urllib.request.HTTPSHandler(context=context)
+            _NoRedirect(),
+            urllib.request.ProxyHandler({}),
+            urllib.request.HTTPSHandler(context=context),
         )
 
     def _request(self, path: str, params: dict[str, str | int]) -> urllib.request.Request:
