@@ -20,9 +20,22 @@ from gitsync.secrets import Secret
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # The token must not follow a redirect to another host.
+    # The token must not follow a redirect to another host; the caller gets the 3xx.
     def redirect_request(self, *args: object, **kwargs: object) -> None:
         return None
+
+
+def windmill_opener(extra_ca: Path | None) -> urllib.request.OpenerDirector:
+    """How the service reaches Windmill: verified TLS, no redirect, no ambient proxy."""
+    context = ssl.create_default_context()
+    if extra_ca:
+        context.load_verify_locations(cafile=str(extra_ca))
+    # No proxy from the environment: ambient settings never reroute a token.
+    return urllib.request.build_opener(
+        _NoRedirect(),
+        urllib.request.ProxyHandler({}),
+        urllib.request.HTTPSHandler(context=context),
+    )
 
 
 class WindmillApi:
@@ -32,15 +45,7 @@ class WindmillApi:
         self.base = base_url.rstrip("/")
         self.token = token
         self.timeout = timeout
-        context = ssl.create_default_context()
-        if extra_ca:
-            context.load_verify_locations(cafile=str(extra_ca))
-        # No proxy from the environment: ambient settings never reroute a token.
-        self._opener = urllib.request.build_opener(
-            _NoRedirect(),
-            urllib.request.ProxyHandler({}),
-            urllib.request.HTTPSHandler(context=context),
-        )
+        self._opener = windmill_opener(extra_ca)
 
     def _request(self, path: str, params: dict[str, str | int]) -> urllib.request.Request:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""

@@ -27,7 +27,6 @@ import io
 import json
 import logging
 import secrets
-import ssl
 import tarfile
 import threading
 import urllib.error
@@ -40,6 +39,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from gitsync.secrets import Secret
+from gitsync.windmill.api import windmill_opener
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +137,7 @@ class Upstream:
 
     def __init__(self, base_url: str, *, extra_ca: Path | None) -> None:
         self.base = base_url if base_url.endswith("/") else base_url + "/"
-        context = ssl.create_default_context()
-        if extra_ca:
-            context.load_verify_locations(cafile=str(extra_ca))
-        # No proxy from the environment: ambient settings never reroute a token.
-        self._opener = urllib.request.build_opener(
-            _NoRedirect(),
-            urllib.request.ProxyHandler({}),
-            urllib.request.HTTPSHandler(context=context),
-        )
+        self._opener = windmill_opener(extra_ca)
 
     def fetch(
         self,
@@ -184,12 +176,6 @@ class Upstream:
 
     def fetch_with_token(self, request: Request, token: Secret, timeout: float) -> Exchange:
         return self.fetch(request, f"Bearer {token.reveal()}", timeout)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    # The token must not follow a redirect to another host; the CLI gets the 3xx.
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
 
 
 class PassThrough:
