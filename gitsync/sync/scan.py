@@ -125,9 +125,9 @@ class SecretScanner:
 
 def _screen(detectors: tuple[str, ...]) -> list[re.Pattern[str]]:
     """The detectors' own regexes, one per set of flags, made to work on a whole file."""
-    classes: dict[str, Any] = {
-        c.__name__: c for c in get_mapping_from_secret_type_to_class().values()
-    }
+    # detect-secrets ships no type hints: its classes are Any here.
+    plugin_classes: list[Any] = list(get_mapping_from_secret_type_to_class().values())
+    classes: dict[str, Any] = {c.__name__: c for c in plugin_classes}
     by_flags: dict[int, list[str]] = {}
     for name in detectors:
         for pattern in classes[name]().denylist:
