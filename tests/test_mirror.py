@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 from dulwich.object_store import MemoryObjectStore
-from dulwich.objects import Blob, ShaFile
+from dulwich.objects import Blob, ShaFile, Tree
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gitsync.errors import UnsafeExportError
-from gitsync.git.trees import build, entries_of, stage_export
+from gitsync.git.trees import Base, build, entries_of, stage_export
 from gitsync.windmill.mirror import is_managed, scan_export
 
 
@@ -188,3 +190,50 @@ def test_staging_replaces_our_readme_but_never_a_persons(tmp_path: Path) -> None
 
     assert ours["README.md"] == README.encode()
     assert theirs["README.md"] == b"# my notes\n"
+
+
+# -- trees built on a base reuse the subtrees nothing changed under ------------------------
+
+_names = st.sampled_from(["a", "b", "c", "f", "u", "x.py", "y.yaml", "README.md"])
+_paths = st.lists(_names, min_size=1, max_size=4).map("/".join)
+_entries = st.dictionaries(
+    _paths, st.tuples(st.sampled_from([0o100644, 0o100755, 0o120000]), st.binary(max_size=8))
+)
+
+
+def _as_entries(raw: dict[str, tuple[int, bytes]]) -> dict[str, tuple[int, bytes]]:
+    return {path: (mode, Blob.from_string(data).id) for path, (mode, data) in raw.items()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(before=_entries, sets=_entries, removes=st.lists(_paths, max_size=6))
+def test_a_tree_built_on_a_base_is_the_tree_built_from_scratch(
+    before: dict[str, tuple[int, bytes]],
+    sets: dict[str, tuple[int, bytes]],
+    removes: list[str],
+) -> None:
+    store = MemoryObjectStore()
+
+    def put(new: dict[bytes, ShaFile]) -> None:
+        for obj in new.values():
+            store.add_object(obj)
+
+    new: dict[bytes, ShaFile] = {}
+    base_tree = build(_as_entries(before), new)
+    put(new)
+    base = Base.of(store.__getitem__, base_tree)
+    entries = dict(base.entries)
+    for path in removes:
+        entries.pop(path, None)
+    entries.update(_as_entries(sets))
+
+    reused: dict[bytes, ShaFile] = {}
+    scratch: dict[bytes, ShaFile] = {}
+    tree = build(entries, reused, base)
+
+    assert tree == build(entries, scratch)
+    # Only trees above a change are made again.
+    assert set(reused) <= set(scratch)
+    if entries == base.entries:
+        assert tree == base_tree
+        assert not reused or base_tree == Tree().id  # nothing made, but the empty tree

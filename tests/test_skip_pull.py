@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from gitsync.sync.skip import RECORD_FILE
+from gitsync.sync.skip import INDEX_FILE, RECORD_FILE
 from tests.conftest import WINDMILL_TOKEN, Target, start_service
 from tests.servers.service_process import WMILL_CLI, ServiceProcess
 from tests.servers.windmill_emulator import WindmillEmulator, Workspace
@@ -218,7 +219,7 @@ def _export_dir(service: ServiceProcess, target: Target) -> Path:
     raise AssertionError("no pull record for the target")
 
 
-@pytest.mark.parametrize("damage", ["edited", "file-deleted", "deleted"])
+@pytest.mark.parametrize("damage", ["edited", "same-size-same-mtime", "file-deleted", "deleted"])
 def test_a_damaged_or_deleted_export_directory_runs_the_cli(
     service: ServiceProcess, target: Target, damage: str
 ) -> None:
@@ -228,6 +229,19 @@ def test_a_damaged_or_deleted_export_directory_runs_the_cli(
     original = script.read_bytes()
     if damage == "edited":
         script.write_bytes(original + b"# damaged\n")
+    elif damage == "same-size-same-mtime":
+        # The file index knows the file by its stat (git/file_index.py): once
+        # it is trusted, an edit that keeps its size and puts its mtime back
+        # must still be seen.
+        time.sleep(1.1)
+        assert sync(service, target)["pull"] == "skipped"
+        index = (export.parent / INDEX_FILE).read_text()
+        assert script.relative_to(export).as_posix() in index
+        before = script.stat()
+        script.write_bytes(bytes(b ^ 0x20 if 97 <= b <= 122 else b for b in original))
+        os.utime(script, ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert script.stat().st_size == before.st_size
+        assert script.stat().st_mtime_ns == before.st_mtime_ns
     elif damage == "file-deleted":
         script.unlink()
     else:
@@ -262,6 +276,10 @@ def test_the_record_holds_no_token_and_is_private(service: ServiceProcess, targe
     text = record.read_text()
     assert WINDMILL_TOKEN not in text and "Bearer" not in text
     assert record.stat().st_mode & 0o077 == 0
+    # The file index beside it: paths, stats and blob ids, no content.
+    index = record.parent / INDEX_FILE
+    assert index.stat().st_mode & 0o077 == 0
+    assert WINDMILL_TOKEN not in index.read_text() and "def main" not in index.read_text()
 
 
 def test_another_cli_version_runs_the_cli(

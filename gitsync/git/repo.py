@@ -25,6 +25,7 @@ from gitsync.config import Settings
 from gitsync.deadline import Deadline
 from gitsync.errors import GitError
 from gitsync.git import repair, trees, walk
+from gitsync.git.file_index import FileIndex
 from gitsync.git.transport import PushOutcome, Remote
 from gitsync.git.trees import EMPTY_TREE, Change, Entry, RepositoryCorrupt, local_store
 from gitsync.secrets import Redactor, Secret
@@ -246,13 +247,14 @@ class GitRepo:
         prefix: str,
         readme: str,
         managed: Callable[[str], bool],
+        index: FileIndex | None = None,
     ) -> str:
         """The tree of ``base`` with the export (and README) in place; built in memory."""
         with local_store("Preparing the commit"):
             try:
                 base_tree = self.peel(_oid(base)).tree if base else None
                 tree = trees.stage_export(
-                    self.get, base_tree, export, prefix, readme, self._pending, managed
+                    self.get, base_tree, export, prefix, readme, self._pending, managed, index
                 )
             except KeyError as exc:
                 raise GitError(

@@ -11,8 +11,6 @@ pack.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import stat
 import struct
 import zlib
@@ -25,6 +23,7 @@ from dulwich.errors import ChecksumMismatch, FileFormatException, ObjectFormatEx
 from dulwich.objects import Blob, ObjectID, ShaFile, Tree
 
 from gitsync.errors import GitError
+from gitsync.git.file_index import FileIndex, blob_id
 
 Entry = tuple[int, ObjectID]  # (mode, object id as hex bytes)
 Lookup = Callable[[ObjectID], ShaFile]
@@ -81,8 +80,17 @@ def _raw(name: str) -> bytes:
     return name.encode("utf-8", errors="surrogateescape")
 
 
-def entries_of(get: Lookup, tree_id: ObjectID | None, *, under: str = "") -> dict[str, Entry]:
-    """Every non-tree entry of a tree (files, links, submodules): path -> (mode, id)."""
+def entries_of(
+    get: Lookup,
+    tree_id: ObjectID | None,
+    *,
+    under: str = "",
+    dirs: dict[str, ObjectID] | None = None,
+) -> dict[str, Entry]:
+    """Every non-tree entry of a tree (files, links, submodules): path -> (mode, id).
+
+    ``dirs``, if given, receives the id of every tree walked, by its path ("" the root).
+    """
     found: dict[str, Entry] = {}
     if tree_id is None or tree_id == EMPTY_TREE:
         return found
@@ -92,6 +100,8 @@ def entries_of(get: Lookup, tree_id: ObjectID | None, *, under: str = "") -> dic
         tree = get(current)
         if not isinstance(tree, Tree):
             raise RepositoryCorrupt(f"object {_name(current)} is not a tree")
+        if dirs is not None:
+            dirs[prefix[:-1]] = current
         for item in tree.iteritems():
             path = prefix + _name(item.path)
             if stat.S_ISDIR(item.mode):
@@ -101,13 +111,45 @@ def entries_of(get: Lookup, tree_id: ObjectID | None, *, under: str = "") -> dic
     return found
 
 
-def build(entries: Mapping[str, Entry], new: dict[ObjectID, ShaFile]) -> ObjectID:
+@dataclass(frozen=True)
+class Base:
+    """What a tree is built on: its entries and its subtrees' ids, by path."""
+
+    entries: Mapping[str, Entry]
+    dirs: Mapping[str, ObjectID]
+
+    @classmethod
+    def of(cls, get: Lookup, tree_id: ObjectID | None) -> Base:
+        dirs: dict[str, ObjectID] = {}
+        return cls(entries_of(get, tree_id, dirs=dirs), dirs)
+
+    def unchanged_dirs(self, entries: Mapping[str, Entry]) -> dict[str, ObjectID]:
+        """The subtrees no path under which differs in ``entries``: reused as they are."""
+        changed = {p for p, e in entries.items() if self.entries.get(p) != e}
+        changed.update(self.entries.keys() - entries.keys())
+        dirty: set[str] = set()
+        for path in changed:
+            directory = path
+            while directory:
+                directory = directory.rpartition("/")[0]
+                if directory in dirty:
+                    break  # and so are all above it
+                dirty.add(directory)
+        return {d: tree for d, tree in self.dirs.items() if d not in dirty}
+
+
+def build(
+    entries: Mapping[str, Entry], new: dict[ObjectID, ShaFile], base: Base | None = None
+) -> ObjectID:
     """The tree holding ``entries``; every tree object made lands in ``new``.
 
     A path that is a file in one entry and a directory in another keeps the
     directory (the export's layout wins over a file in its way); empty
-    directories vanish, as Git cannot hold them.
+    directories vanish, as Git cannot hold them. A directory of ``base`` with
+    nothing changed under it keeps its tree as it is, not rebuilt: a change
+    of one item rebuilds the few trees above it, not the thousands beside it.
     """
+    reuse = base.unchanged_dirs(entries) if base is not None else {}
     root: dict[str, object] = {}
     for path, entry in sorted(entries.items()):
         parts = path.split("/")
@@ -120,14 +162,18 @@ def build(entries: Mapping[str, Entry], new: dict[ObjectID, ShaFile]) -> ObjectI
             node = child
         if not isinstance(node.get(parts[-1]), dict):
             node[parts[-1]] = entry
-    return _write(root, new) or _empty(new)
+    return _write(root, new, "", reuse) or _empty(new)
 
 
-def _write(node: dict[str, object], new: dict[ObjectID, ShaFile]) -> ObjectID | None:
+def _write(
+    node: dict[str, object], new: dict[ObjectID, ShaFile], path: str, reuse: Mapping[str, ObjectID]
+) -> ObjectID | None:
+    if path in reuse:
+        return reuse[path]
     tree = Tree()
     for name, child in node.items():
         if isinstance(child, dict):
-            sub = _write(child, new)
+            sub = _write(child, new, f"{path}/{name}" if path else name, reuse)
             if sub is not None:
                 tree.add(_raw(name), DIR, sub)
         else:
@@ -153,13 +199,17 @@ def stage_export(
     readme_text: str,
     new: dict[ObjectID, ShaFile],
     managed: Callable[[str], bool],
+    index: FileIndex | None = None,
 ) -> ObjectID:
     """The base tree with the export (and our README) in place under ``prefix``.
 
     ``managed`` says which paths (relative to ``prefix``) are the export's to
-    decide; every other path keeps what the base tree has.
+    decide; every other path keeps what the base tree has. ``index`` spares
+    reading files unchanged since it last saw them (file_index.py).
     """
-    entries = entries_of(get, base_tree)
+    index = index if index is not None else FileIndex()
+    base = Base.of(get, base_tree)
+    entries = dict(base.entries)
     known = {sha for _mode, sha in entries.values()}
     root = f"{prefix}/" if prefix else ""
     for path in [p for p in entries if p.startswith(root)]:
@@ -174,7 +224,17 @@ def stage_export(
         if path[len(root) :].split("/", 1)[0] in export:
             del entries[path]
     for rel, source in export.items():
-        _put(entries, root + rel, _read_no_follow(source), known, new)
+        path = root + rel
+        sha = index.cached(rel, source)
+        old = entries.get(path)
+        if sha is not None and old is not None and old[1] == sha and stat.S_ISREG(old[0]):
+            continue  # unchanged and not read: keep the mode the remote has
+        if sha is None or sha not in known:
+            # The bytes read now are the ones written, whatever the index said.
+            sha, data = index.hash_file(rel, source)
+            _put(entries, path, data, known, new, sha)
+        else:
+            entries[path] = (FILE, sha)
     readme_path = root + "README.md"
     current = entries.get(readme_path)
     # Ours starts with its marker line (readme.MARKER); a person's does not.
@@ -183,7 +243,7 @@ def stage_export(
         for path in [p for p in entries if p.startswith(readme_path + "/")]:
             del entries[path]  # a directory in the way of our file
         _put(entries, readme_path, readme_text.encode(), known, new)
-    return build(entries, new)
+    return build(entries, new, base)
 
 
 def _put(
@@ -192,16 +252,17 @@ def _put(
     data: bytes,
     known: set[ObjectID],
     new: dict[ObjectID, ShaFile],
+    sha: ObjectID | None = None,
 ) -> None:
     # The blob's id straight from hashlib: building a Blob object for each of
     # thousands of unchanged files was most of a no-change sync's Git side.
-    blob_id = ObjectID(hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest().encode())  # noqa: S324
+    sha = sha or blob_id(data)
     old = entries.get(path)
-    if old is not None and old[1] == blob_id and stat.S_ISREG(old[0]):
+    if old is not None and old[1] == sha and stat.S_ISREG(old[0]):
         return  # same content: keep the mode the remote has (an executable bit)
-    entries[path] = (FILE, blob_id)
-    if blob_id not in known:
-        new[blob_id] = Blob.from_string(data)
+    entries[path] = (FILE, sha)
+    if sha not in known:
+        new[sha] = Blob.from_string(data)
 
 
 def _is_ours(get: Lookup, entry: Entry, marker: bytes) -> bool:
@@ -216,17 +277,6 @@ def _is_ours(get: Lookup, entry: Entry, marker: bytes) -> bool:
     return isinstance(blob, Blob) and blob.as_raw_string().startswith(marker)
 
 
-def _read_no_follow(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        chunks = [os.read(fd, os.fstat(fd).st_size + 1)]
-        while chunks[-1]:
-            chunks.append(os.read(fd, 1 << 20))
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
 def with_updates(
     get: Lookup,
     base_tree: ObjectID,
@@ -234,13 +284,14 @@ def with_updates(
     new: dict[ObjectID, ShaFile],
 ) -> ObjectID:
     """``base_tree`` with paths set to (mode, blob) or removed (None)."""
-    entries = entries_of(get, base_tree)
+    base = Base.of(get, base_tree)
+    entries = dict(base.entries)
     for path, entry in updates.items():
         if entry is None:
             entries.pop(path, None)
         else:
             entries[path] = entry
-    return build(entries, new)
+    return build(entries, new, base)
 
 
 def diff(get: Lookup, old: ObjectID | None, new: ObjectID | None) -> list[Change]:

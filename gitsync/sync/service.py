@@ -30,6 +30,7 @@ from pathlib import Path
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
 from gitsync.errors import CommandError, GitError
+from gitsync.git.file_index import FileIndex
 from gitsync.git.repo import GitRepo, is_corruption
 from gitsync.git.transport import PushOutcome
 from gitsync.retry import with_retries
@@ -196,7 +197,14 @@ class SyncService:
             )
             try:
                 result = self._commit_and_push(
-                    job, repo, export, readme_text, deadline, report, (first_tip, expected_base)
+                    job,
+                    repo,
+                    export,
+                    gate.index,
+                    readme_text,
+                    deadline,
+                    report,
+                    (first_tip, expected_base),
                 )
             except (GitError, CommandError) as exc:
                 if not is_corruption(exc):
@@ -211,7 +219,9 @@ class SyncService:
                     extra={"detail": getattr(exc, "detail", None)},
                 )
                 repo.recover_after_crash()
-                result = self._commit_and_push(job, repo, export, readme_text, deadline, report)
+                result = self._commit_and_push(
+                    job, repo, export, gate.index, readme_text, deadline, report
+                )
         gate.remember(pulled.exchanges, result.commit)
         return dataclasses.replace(result, pull="ran", pull_reason=pulled.reason)
 
@@ -276,6 +286,7 @@ class SyncService:
         job: SyncJob,
         repo: GitRepo,
         export: dict[str, str],
+        index: FileIndex,
         readme_text: str,
         deadline: Deadline,
         report: Progress,
@@ -297,7 +308,7 @@ class SyncService:
                 # Usually the base is our last commit, pushed: prepare the tree
                 # on it while the remote answers, and again if it is not.
                 try:
-                    tree = self._stage(repo, expected_base, export, job, readme_text)
+                    tree = self._stage(repo, expected_base, export, index, job, readme_text)
                     prepared = True
                 except (GitError, CommandError) as exc:
                     # Objects the fetch is bringing back, say; done again below.
@@ -310,7 +321,7 @@ class SyncService:
                 base = choose_base(repo, tip)
             report("committing")
             if not prepared:
-                tree = self._stage(repo, base, export, job, readme_text)
+                tree = self._stage(repo, base, export, index, job, readme_text)
             base_tree = repo.tree_of(base)
             made: list[CommitInfo] = []
             findings: tuple[Finding, ...] = ()
@@ -357,10 +368,15 @@ class SyncService:
 
     @staticmethod
     def _stage(
-        repo: GitRepo, base: str | None, export: dict[str, str], job: SyncJob, readme_text: str
+        repo: GitRepo,
+        base: str | None,
+        export: dict[str, str],
+        index: FileIndex,
+        job: SyncJob,
+        readme_text: str,
     ) -> str:
         """Step 2: ``base``'s tree with the export (and README) in place, built in memory."""
-        return repo.stage(base, export, job.path_prefix, readme_text, mirror.is_managed)
+        return repo.stage(base, export, job.path_prefix, readme_text, mirror.is_managed, index)
 
     def _commit(
         self,

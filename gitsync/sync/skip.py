@@ -6,7 +6,9 @@ is a function of
 * every answer it gets from Windmill (the pass-through records each one),
 * the CLI itself (and the node running it),
 * the ``wmill.yaml`` the service generates from the scope,
-* the export directory it pulls into,
+* the export directory it pulls into (each file by its blob id, which the
+  target's file index gives without reading files unchanged since the last
+  sync: see git/file_index.py),
 
 and what the sync then commits is a function of that directory, the path
 prefix, the service's own code and the remote tip it builds on. After a
@@ -43,6 +45,7 @@ from pathlib import Path
 
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
+from gitsync.git.file_index import FileIndex
 from gitsync.secrets import Secret
 from gitsync.windmill.recorder import Exchange, Request, Upstream
 from gitsync.windmill.wmill import CLI_VERSION
@@ -50,12 +53,14 @@ from gitsync.windmill.wmill import CLI_VERSION
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "pull-record.json"
+INDEX_FILE = "export-index"
 # The service's own code shapes the commit (README, mirror): a new release pulls.
 try:
     SERVICE_VERSION = importlib.metadata.version("windmill-git-sync")
 except importlib.metadata.PackageNotFoundError:
     SERVICE_VERSION = "unknown"
-_FORMAT = 1
+# 2: the export's files are digested by their Git blob ids.
+_FORMAT = 2
 # Caches the CLI's digest by its file's identity: 3.7 MB is not re-read per sync.
 _cli_digests: dict[tuple[str, int, int, int], str] = {}
 
@@ -136,6 +141,9 @@ class PullGate:
         self.settings = settings
         self.path = root / RECORD_FILE
         self.export_dir = export_dir
+        self.index_path = root / INDEX_FILE
+        # Shared with the stage step, which needs the same blob ids.
+        self.index = FileIndex.load(self.index_path)
         self.wmill_yaml = _sha(wmill_yaml.encode())
         self.path_prefix = path_prefix
         self.upstream = Upstream(settings.windmill_base_url, extra_ca=settings.node_extra_ca_certs)
@@ -159,7 +167,8 @@ class PullGate:
             return Decision(False, "scope changed")
         if record.path_prefix != self.path_prefix:
             return Decision(False, "path prefix changed")
-        if record.export != export_digest(self.export_dir):
+        export, files = export_state(self.export_dir, self.index)
+        if record.export != export:
             return Decision(False, "export directory changed")
         replay: dict[Request, Exchange] = {}
         changed: list[str] = []
@@ -179,6 +188,9 @@ class PullGate:
         tip = remote_tip()
         if tip != record.tip:
             return Decision(False, "remote tip moved", replay, tip=tip, tip_known=True)
+        if self.index.hashed:
+            # Files the last sync wrote just before it ended are trusted now.
+            self.index.save(self.index_path, files)
         return Decision(True, None, tip=tip, tip_known=True)
 
     def forget(self) -> None:
@@ -188,11 +200,13 @@ class PullGate:
     def remember(self, exchanges: list[Exchange], tip: str | None) -> None:
         if tip is None:
             return
+        export, files = export_state(self.export_dir, self.index)
+        self.index.save(self.index_path, files)
         record = PullRecord(
             cli=cli_digest(self.settings),
             wmill_yaml=self.wmill_yaml,
             path_prefix=self.path_prefix,
-            export=export_digest(self.export_dir),
+            export=export,
             tip=tip,
             service=SERVICE_VERSION,
             exchanges=tuple(
@@ -232,35 +246,37 @@ def _which(program: str) -> Path:
     return Path(found).resolve() if found else Path(program)
 
 
-def export_digest(export_dir: Path) -> str:
-    """Names, kinds and contents of everything under the export directory.
+def export_state(export_dir: Path, index: FileIndex) -> tuple[str, list[str]]:
+    """The export's digest, and its regular files (relative paths).
 
     An interrupted pull leaves a marker beside it, which counts too.
     """
     incomplete = export_dir.with_name(export_dir.name + ".incomplete")
     if incomplete.exists() or not export_dir.is_dir():
-        return "incomplete"
-    outer = hashlib.sha256()
-    stack = [export_dir]
+        return "incomplete", []
+    stack = [(os.fspath(export_dir), "")]
     entries: list[tuple[str, str]] = []
+    files: list[str] = []
     while stack:
-        directory = stack.pop()
+        directory, rel_dir = stack.pop()
         with os.scandir(directory) as it:
             for entry in it:
-                rel = os.path.relpath(entry.path, export_dir)
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
                 if entry.is_symlink():
                     entries.append((rel, "link:" + os.readlink(entry.path)))
                 elif entry.is_dir():
                     entries.append((rel, "dir"))
-                    stack.append(Path(entry.path))
-                elif entry.is_file():
-                    with open(entry.path, "rb") as f:
-                        entries.append((rel, _sha(f.read())))
+                    stack.append((entry.path, rel))
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    entries.append((rel, index.blob_id(rel, entry.path, st).decode()))
+                    files.append(rel)
                 else:
                     entries.append((rel, "other"))
+    outer = hashlib.sha256()
     for rel, digest in sorted(entries):
         outer.update(f"{rel}\0{digest}\n".encode())
-    return outer.hexdigest()
+    return outer.hexdigest(), files
 
 
 def _sha(data: bytes) -> str:
