@@ -9,16 +9,18 @@ server does.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import GIT_TOKEN, WINDMILL_TOKEN, Target, made
+from tests.conftest import CLI, GIT_TOKEN, WINDMILL_TOKEN, Target, cli_env, made
 from tests.servers.git_server import git_env
 from tests.servers.proc_scan import needles_for, scan_tree
 from tests.servers.service_process import ServiceProcess
+from tests.servers.windmill_emulator import WindmillEmulator
 
 WRONG_GIT_TOKEN = "ghp_history_wrong_5151515151"
 FLOW = "f/team/my_flow"
@@ -214,3 +216,34 @@ def test_a_token_in_the_query_string_is_refused(service: ServiceProcess, target:
     assert response.status_code == 400
     assert "JSON body" in response.json()["message"]
     assert GIT_TOKEN not in response.text
+
+
+def test_the_history_command_deepens_with_a_token_from_stdin(
+    target: Target, windmill: WindmillEmulator, ca_pem: Path, tmp_path: Path
+) -> None:
+    commit_history_before_the_service(target)
+    env = cli_env(tmp_path, windmill, ca_pem)
+    where = ["--workspace", target.workspace_id, "--git-remote-url", target.remote_url]
+
+    def run(command: list[str], secrets: dict[str, str] | None = None) -> dict[str, Any]:
+        done = subprocess.run(
+            [str(CLI), *command, *where, *(["--secrets-from-stdin"] if secrets else [])],
+            input=json.dumps(secrets) if secrets else None,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert GIT_TOKEN not in done.stdout + done.stderr
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    run(["sync"], {"windmill_token": WINDMILL_TOKEN, "git_token": GIT_TOKEN})
+    full = server_log(target, tmp_path, "f/team/my_flow.flow")
+
+    shallow = run(["history", "--path", FLOW])
+    assert shallow["complete"] is False and listed(shallow) == full[:-3]
+    deepened = run(["history", "--path", FLOW], {"git_token": GIT_TOKEN})
+    assert deepened["complete"] is True and listed(deepened) == full
+    assert run(["history", "--path", FLOW])["complete"] is True
+    assert scan_tree(tmp_path / "data", needles_for(GIT_TOKEN)) == []
