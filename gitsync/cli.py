@@ -2,7 +2,8 @@
 
 Secrets are read from the environment (WINDMILL_TOKEN, GIT_TOKEN) or, with
 ``--secrets-from-stdin``, from a JSON object on standard input; never from
-argv, which every local user can read in ``ps``.
+argv, which every local user can read in ``ps``. ``history`` needs no
+secret; given GIT_TOKEN it first fetches the branch's older history.
 """
 
 from __future__ import annotations
@@ -22,7 +23,12 @@ from gitsync.sync.history import item_history
 from gitsync.sync.job import success_message
 from gitsync.sync.restore import RestoreService
 from gitsync.sync.service import SyncService
-from gitsync.web.requests import parse_history_query, parse_restore_request, parse_sync_request
+from gitsync.web.requests import (
+    parse_history_query,
+    parse_history_request,
+    parse_restore_request,
+    parse_sync_request,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -58,11 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     restore.add_argument("--allow-deletions", action="store_true", default=None)
     restore.add_argument("--allow-mass-deletion", action="store_true", default=None)
 
-    history = commands.add_parser("history", help="backup commits that touched an item")
-    history.add_argument("--workspace", required=True)
-    history.add_argument("--git-remote-url", required=True)
-    history.add_argument("--git-branch", default="main")
-    history.add_argument("--path-prefix", default="")
+    history = commands.add_parser(
+        "history",
+        help="backup commits that touched an item (with GIT_TOKEN: fetch the older ones first)",
+    )
+    _target_options(history)
     history.add_argument("--path", required=True, help="item path, e.g. f/team/my_flow")
 
     args = parser.parse_args(argv)
@@ -121,20 +127,9 @@ def _target_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
-    if args.command == "history":
-        query = parse_history_query(
-            {
-                "workspace": args.workspace,
-                "git_remote_url": args.git_remote_url,
-                "git_branch": args.git_branch,
-                "path_prefix": args.path_prefix,
-                "path": args.path,
-            }
-        )
-        commits = item_history(settings, query)
-        print(json.dumps({"success": True, "path": query.item_path, "commits": commits}, indent=2))
-        return EXIT_OK
     body = _body_with_secrets(args)
+    if args.command == "history":
+        return _history(settings, body)
     if args.command == "sync":
         service = SyncService(settings)
         service.prepare_data_dir()
@@ -148,6 +143,19 @@ def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
         restored = RestoreService(settings).restore(parse_restore_request(body).to_job())
         output = {"success": True, **restored.to_dict()}
     print(json.dumps(output, indent=2))
+    return EXIT_OK
+
+
+def _history(settings: Settings, body: dict[str, Any]) -> int:
+    """GET /history without a Git token; POST /history (older commits fetched) with one."""
+    body.pop("windmill_token", None)  # not needed: Windmill is not asked
+    if "git_token" in body:
+        query = parse_history_request(body).to_query()
+    else:
+        query = parse_history_query({k: v for k, v in body.items() if k != "git_username"})
+    found = item_history(settings, query)
+    output = {"success": True, "workspace": query.workspace, "path": query.item_path}
+    print(json.dumps({**output, **found.to_dict()}, indent=2))
     return EXIT_OK
 
 

@@ -38,6 +38,13 @@ def test_no_secret_leaks_anywhere(
         == 400
     )
     assert service.post("/sync", target.body(git_token=f"{GIT_TOKEN} spaces")).status_code == 400
+    history = {
+        "workspace": target.workspace_id,
+        "git_remote_url": target.remote_url,
+        "path": "f/team/leak_check",
+    }
+    assert service.post("/history", {**history, "git_token": WRONG_GIT_TOKEN}).status_code == 500
+    assert service.post("/history", {**history, "git_token": GIT_TOKEN}).status_code == 200
 
     needles = [
         n

@@ -3,11 +3,13 @@
 A restore fetches the remote whole (all branches and tags, all history; the
 fetch bounded like any other) into its own repository, resolves the reference
 it was given and writes that tree out through ``walk.export``'s checks.
-``/history`` reads the sync's own copy and never touches the network.
+``GET /history`` reads the sync's own copy and never touches the network;
+``POST /history`` first deepens that copy (``fetch_history``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from dulwich.refs import Ref
@@ -18,6 +20,8 @@ from gitsync.git.trees import local_store
 
 _PREFIXES = (Ref(b"refs/heads/"), Ref(b"refs/tags/"))
 _REMOTES = b"refs/remotes/origin/"
+# Far deeper than any backup's history: git's own value for --unshallow.
+_ALL_HISTORY = 0x7FFFFFFF
 
 
 def fetch_everything(git: GitRepo) -> None:
@@ -65,11 +69,38 @@ def export_tree(git: GitRepo, commit: str, prefix: str, dest: Path) -> None:
         walk.export(git.get, tree, prefix, dest)
 
 
-def log_touching(git: GitRepo, ref: str, prefix: str) -> list[tuple[str, str, str, str, list[str]]]:
-    """(commit, date, author, subject, files) per commit under ``prefix``, newest first."""
+def fetch_history(git: GitRepo) -> None:
+    """The branch's whole history into the sync's copy: commits and trees, no file content.
+
+    The tip first, the way a sync fetches it (small files included), so the
+    copy stays what the next sync expects; then everything behind it. Only
+    the tracking ref moves, as every sync's own fetch moves it: the local
+    branch, and with it the base of the next push, stays where it is.
+    """
+    tip = git.fetch_tip()
+    with local_store("Reading the repository"):
+        if tip is None or not git.repo.get_shallow():
+            return  # no branch, or all its history is here already
+    branch = Ref(git.remote_ref.encode())
+    git.remote().fetch(
+        git.repo,
+        lambda refs: [refs[branch]] if branch in refs else [],
+        ref_prefix=[branch],
+        depth=_ALL_HISTORY,
+        filter_spec=b"blob:none",
+    )
+
+
+def log_touching(
+    git: GitRepo, ref: str, prefix: str
+) -> Iterator[tuple[str, str, str, str, list[str] | None]]:
+    """(commit, date, author, subject, files) per commit under ``prefix``, newest first.
+
+    ``files`` is None for a commit at the edge of a shallow copy (see ``walk.log``).
+    """
     sha = git.rev_parse(ref)
     if sha is None:
-        return []
+        return
     with local_store("Reading the history"):
         head = walk.object_id(sha)
-        return list(walk.log(git.get, head, prefix, git.repo.get_shallow()))
+        yield from walk.log(git.get, head, prefix, git.repo.get_shallow())

@@ -118,11 +118,13 @@ def _subtree(get: Lookup, tree: ObjectID, prefix: str) -> ObjectID | None:
 
 def log(
     get: Lookup, head: ObjectID, prefix: str, shallow: set[ObjectID]
-) -> Iterator[tuple[str, str, str, str, list[str]]]:
+) -> Iterator[tuple[str, str, str, str, list[str] | None]]:
     """(commit, date, author, subject, files) of commits touching ``prefix``, newest first.
 
-    Like ``git log --no-renames --name-only -- prefix``: merges list no files,
-    and a commit at a shallow edge counts as a root (all its files added).
+    Like ``git log --no-renames --name-only -- prefix``: merges list no files.
+    A commit at the edge of a shallow fetch (its parents are not here) is
+    yielded with ``files`` None: what it changed is unknown, and history
+    older than it may exist on the remote. Only a true root adds all its files.
     """
     first = _commit(get, head)
     queue = [(-first.commit_time, head)]
@@ -141,13 +143,16 @@ def log(
             if parent_commit.id not in seen:
                 seen.add(parent_commit.id)
                 heapq.heappush(queue, (-parent_commit.commit_time, parent_commit.id))
-        if len(parents) > 1:
+        at_edge = len(available) < len(commit.parents)
+        if len(parents) > 1 and not at_edge:
             continue
-        old = _subtree(get, available[0].tree, prefix) if available else None
-        new = _subtree(get, commit.tree, prefix)
-        files = [f"{prefix}/{c.path}" if prefix else c.path for c in trees.diff(get, old, new)]
-        if not files and prefix:
-            continue
+        files: list[str] | None = None
+        if not at_edge:
+            old = _subtree(get, available[0].tree, prefix) if available else None
+            new = _subtree(get, commit.tree, prefix)
+            files = [f"{prefix}/{c.path}" if prefix else c.path for c in trees.diff(get, old, new)]
+            if not files and prefix:
+                continue
         yield (
             sha.decode(),
             _iso_date(commit.author_time, commit.author_timezone),

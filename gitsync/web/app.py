@@ -35,7 +35,7 @@ from gitsync.errors import (
 from gitsync.ops.alerts import AlertSender, Watchdog
 from gitsync.ops.metrics import Metrics
 from gitsync.ops.readiness import Readiness
-from gitsync.sync.history import item_history
+from gitsync.sync.history import HistoryQuery, item_history
 from gitsync.sync.job import success_message
 from gitsync.sync.jobs import JobStore
 from gitsync.sync.restore import RestoreService
@@ -43,7 +43,12 @@ from gitsync.sync.runner import RETRY_AFTER_SECONDS, SyncRunner
 from gitsync.sync.service import SyncService
 from gitsync.web import access_log, status_page
 from gitsync.web.drain import JOB_ID_KEY, Drain
-from gitsync.web.requests import parse_history_query, parse_restore_request, parse_sync_request
+from gitsync.web.requests import (
+    parse_history_query,
+    parse_history_request,
+    parse_restore_request,
+    parse_sync_request,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,7 @@ _JOB_ID = re.compile(r"[0-9a-f]{32}")
 # Paths anyone may call even when inbound authentication is on.
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
 # What a drain turns away: new work. Reads (/health, /jobs/<id>) go on.
-REFUSED_WHILE_DRAINING = frozenset({("POST", "/sync"), ("POST", "/restore")})
+REFUSED_WHILE_DRAINING = frozenset({("POST", "/sync"), ("POST", "/restore"), ("POST", "/history")})
 
 
 def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
@@ -180,10 +185,17 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
 
     @app.get("/history")
     def history() -> Any:
-        query = parse_history_query(dict(request.args))
-        commits = item_history(settings, query)
+        return _history(parse_history_query(dict(request.args)))
+
+    @app.post("/history")
+    def deepened_history() -> Any:
+        req = parse_history_request(_json_body(), settings.git_allowed_hosts)
+        return _history(req.to_query())
+
+    def _history(query: HistoryQuery) -> Any:
+        found = item_history(settings, query)
         return jsonify(
-            success=True, workspace=query.workspace, path=query.item_path, commits=commits
+            success=True, workspace=query.workspace, path=query.item_path, **found.to_dict()
         )
 
     @app.get("/jobs/<job_id>")

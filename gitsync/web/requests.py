@@ -46,6 +46,8 @@ _WORKSPACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,49}$")
 _EMAIL = re.compile(r"^[^\s<>@]+@[^\s<>@]+$")
 _PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
 _PATTERN = re.compile(r"[A-Za-z0-9._*?/-]{1,200}")
+_ITEM_PATH = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_.@/-]{0,299}")
+_ITEM_PATH_RULE = "must be an item path like f/team/my_flow"
 
 
 def _check_token(value: SecretStr) -> SecretStr:
@@ -65,27 +67,21 @@ def _patterns(value: object) -> object:
     raise ValueError("must be a list of path patterns")
 
 
-class _TargetRequest(BaseModel):
-    """Fields shared by every request that names a workspace and a repository."""
+class _GitRequest(BaseModel):
+    """Fields shared by every request that reaches a repository with a token."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, strict=True)
 
-    windmill_token: SecretStr
     git_remote_url: str = Field(max_length=2048)
     git_token: SecretStr
     workspace: str = "admins"
     git_branch: str = "main"
     # Basic-auth username paired with git_token; the default depends on the host.
     git_username: str | None = None
-    # Accept deleting most of the backup or of the workspace (a brake is on by default).
-    allow_mass_deletion: bool = False
     # Sub-directory of the repository for this workspace (several per repository).
     path_prefix: str = ""
-    includes: tuple[str, ...] = ("f/**", "u/**")
-    include_secrets: str = "skip"
 
-    _tokens = field_validator("windmill_token", "git_token")(_check_token)
-    _includes = field_validator("includes", mode="before")(_patterns)
+    _git_token = field_validator("git_token")(_check_token)
 
     @property
     def username(self) -> str:
@@ -127,18 +123,6 @@ class _TargetRequest(BaseModel):
             )
         return value
 
-    @field_validator("include_secrets")
-    @classmethod
-    def _secrets(cls, value: str) -> str:
-        if value == "plain":
-            raise ValueError(
-                "'plain' is refused: secret values are never written in clear; use 'skip' "
-                "or 'encrypted' (Windmill's ciphertext, readable only by that workspace)"
-            )
-        if value not in ("skip", "encrypted"):
-            raise ValueError("must be 'skip' or 'encrypted'")
-        return value
-
     @field_validator("workspace")
     @classmethod
     def _workspace(cls, value: str) -> str:
@@ -156,6 +140,31 @@ class _TargetRequest(BaseModel):
     def _username(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[A-Za-z0-9._@+-]{1,100}", value):
             raise ValueError("must be 1 to 100 letters, digits or '._@+-'")
+        return value
+
+
+class _TargetRequest(_GitRequest):
+    """Fields shared by every request that also reaches a Windmill workspace."""
+
+    windmill_token: SecretStr
+    # Accept deleting most of the backup or of the workspace (a brake is on by default).
+    allow_mass_deletion: bool = False
+    includes: tuple[str, ...] = ("f/**", "u/**")
+    include_secrets: str = "skip"
+
+    _windmill_token = field_validator("windmill_token")(_check_token)
+    _includes = field_validator("includes", mode="before")(_patterns)
+
+    @field_validator("include_secrets")
+    @classmethod
+    def _secrets(cls, value: str) -> str:
+        if value == "plain":
+            raise ValueError(
+                "'plain' is refused: secret values are never written in clear; use 'skip' "
+                "or 'encrypted' (Windmill's ciphertext, readable only by that workspace)"
+            )
+        if value not in ("skip", "encrypted"):
+            raise ValueError("must be 'skip' or 'encrypted'")
         return value
 
 
@@ -257,6 +266,33 @@ class RestoreRequest(_TargetRequest):
         )
 
 
+class HistoryRequest(_GitRequest):
+    """``POST /history``: the GET query, and a token to fetch the branch's older history."""
+
+    workspace: str
+    path: str
+
+    @field_validator("path")
+    @classmethod
+    def _item_path(cls, value: str) -> str:
+        if not is_item_path(value):
+            raise ValueError(_ITEM_PATH_RULE)
+        return value
+
+    def to_query(self) -> HistoryQuery:
+        if self.workspace == "*":
+            raise RequestError("Invalid workspace: a history names one workspace, not '*'")
+        return HistoryQuery(
+            workspace=self.workspace,
+            remote_url=self.git_remote_url,
+            branch=self.git_branch,
+            path_prefix=self.path_prefix,
+            item_path=self.path,
+            git_token=Secret(self.git_token.get_secret_value()),
+            git_username=self.username,
+        )
+
+
 def canonical_remote_url(value: str) -> str:
     """Check an HTTPS remote URL; return it canonical (lower-case host, no trailing slash)."""
     if not value or value.startswith("-") or _CONTROL.search(value) or re.search(r"\s", value):
@@ -291,6 +327,10 @@ def is_valid_branch(name: str) -> bool:
     return not any(part.startswith(".") or part.endswith(".lock") for part in name.split("/"))
 
 
+def is_item_path(value: str) -> bool:
+    return bool(_ITEM_PATH.fullmatch(value)) and ".." not in value.split("/")
+
+
 def parse_sync_request(body: Any, allowed_hosts: frozenset[str] = frozenset()) -> SyncRequest:
     """Validate a decoded JSON body; raise :class:`RequestError` with a user-facing message."""
     return _parse(SyncRequest, REQUIRED_FIELDS, body, allowed_hosts)
@@ -298,6 +338,11 @@ def parse_sync_request(body: Any, allowed_hosts: frozenset[str] = frozenset()) -
 
 def parse_restore_request(body: Any, allowed_hosts: frozenset[str] = frozenset()) -> RestoreRequest:
     return _parse(RestoreRequest, (*REQUIRED_FIELDS, "workspace"), body, allowed_hosts)
+
+
+def parse_history_request(body: Any, allowed_hosts: frozenset[str] = frozenset()) -> HistoryRequest:
+    required = ("git_remote_url", "git_token", "workspace", "path")
+    return _parse(HistoryRequest, required, body, allowed_hosts)
 
 
 def _parse(
@@ -335,11 +380,13 @@ def describe_validation_error(exc: ValidationError) -> str:
     return "; ".join(problems)
 
 
-_ITEM_PATH = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_.@/-]{0,299}")
-
-
 def parse_history_query(args: dict[str, str]) -> HistoryQuery:
     """The query of GET /history (and the history command), every problem reported at once."""
+    if "git_token" in args:
+        # A query string is logged by proxies and kept in shell histories.
+        raise RequestError(
+            "git_token is not accepted in a query string; send it in the JSON body of POST /history"
+        )
     problems = []
     missing = [k for k in ("workspace", "git_remote_url", "path") if not args.get(k)]
     if missing:
@@ -356,8 +403,8 @@ def parse_history_query(args: dict[str, str]) -> HistoryQuery:
     if prefix and (".." in prefix.split("/") or not _ITEM_PATH.fullmatch(prefix)):
         problems.append("Invalid path_prefix: must be a relative directory")
     path = args["path"]
-    if not _ITEM_PATH.fullmatch(path) or ".." in path.split("/"):
-        problems.append("Invalid path: must be an item path like f/team/my_flow")
+    if not is_item_path(path):
+        problems.append(f"Invalid path: {_ITEM_PATH_RULE}")
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,49}", args["workspace"]):
         problems.append("Invalid workspace: must be a Windmill workspace id")
     if problems:
