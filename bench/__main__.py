@@ -5,8 +5,9 @@
 Starts the Windmill emulator, the HTTPS Git server and the real service, runs
 every scenario for every size (see bench/scenarios.py), and prints a Markdown
 report; ``--update-docs`` also writes it into docs/performance.md. Nothing
-leaves the machine. The default run takes about 20 minutes on 2 CPUs, most
-of it the bare CLI's first pull of 1000 items and the 5000-item workspace.
+leaves the machine. The default run takes about 35 minutes on 2 CPUs, most
+of it the bare CLI's first pull of 1000 items, the 5000-item workspace and
+the 100 syncs of the endurance run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .endurance import EnduranceResult, run_endurance
 from .harness import Servers
 from .report import render, update_docs
 from .scenarios import SizeResult, ThroughputResult, run_size, run_throughput
@@ -56,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--throughput-workspaces", type=int, default=10)
     parser.add_argument("--throughput-items", type=int, default=100)
     parser.add_argument("--no-throughput", action="store_true")
+    parser.add_argument(
+        "--endurance-syncs",
+        type=int,
+        default=100,
+        help="syncs in a row for the memory check (0: none)",
+    )
+    parser.add_argument("--endurance-items", type=int, default=100)
     parser.add_argument("--workdir", type=Path, help="kept afterwards (default: a temporary one)")
     parser.add_argument(
         "--update-docs", action="store_true", help="write the report into docs/performance.md"
@@ -73,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = _load()
     results: list[SizeResult] = []
     throughput: ThroughputResult | None = None
+    endurance: EnduranceResult | None = None
     try:
         with Servers(workdir) as servers:
             log(f"servers up; working in {workdir}")
@@ -97,12 +107,21 @@ def main(argv: list[str] | None = None) -> int:
                     items=args.throughput_items,
                     log=log,
                 )
+            if args.endurance_syncs > 0:
+                endurance = run_endurance(
+                    servers,
+                    workdir,
+                    syncs=args.endurance_syncs,
+                    items=args.endurance_items,
+                    log=log,
+                )
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     report = render(
         results,
         throughput,
+        endurance=endurance,
         load_before=load_before,
         load_after=_load(),
         elapsed=time.monotonic() - started,

@@ -9,6 +9,9 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from .endurance import EnduranceResult
+from .endurance import render as render_endurance
+from .endurance import target_line as endurance_target
 from .scenarios import SizeResult, ThroughputResult
 
 BEGIN = "<!-- bench:begin -->"
@@ -77,6 +80,7 @@ def render(
     results: Sequence[SizeResult],
     throughput: ThroughputResult | None,
     *,
+    endurance: EnduranceResult | None = None,
     load_before: str,
     load_after: str,
     elapsed: float,
@@ -253,9 +257,14 @@ def render(
         out.append(f"All at once is {_x(speedup)} faster than one after another (wall).")
         out.append("")
 
+    if endurance is not None:
+        out.extend(render_endurance(endurance))
+
     out.append("### Targets")
     out.append("")
     out.extend(_targets(by_size))
+    if endurance is not None:
+        out.append(endurance_target(endurance))
     notes = [note for r in results for note in r.notes]
     if notes:
         out.append("")
