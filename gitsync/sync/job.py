@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from gitsync.config import SecretScanPolicy
@@ -184,3 +185,15 @@ def strip_prefix(path: str, prefix: str) -> str:
 
 def join_prefix(prefix: str, path: str) -> str:
     return f"{prefix}/{path}" if prefix else path
+
+
+@dataclass(eq=False)
+class Run:
+    """An accepted sync: its job id, its target, and the future its callers wait on."""
+
+    job_id: str
+    key: str
+    fingerprint: str
+    job: SyncJob
+    future: Future[SyncResult] = field(default_factory=Future)
+    started: bool = False
