@@ -93,7 +93,7 @@ class RunOutcomes:
         # The store's summary first: it is what the gauges restart from.
         at = time.time()
         job = run.job
-        self.store.record_outcome(
+        self.store.target_summaries.record(
             run.key,
             label=self._label(run),
             workspace=job.workspace,
