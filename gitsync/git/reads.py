@@ -13,6 +13,7 @@ from pathlib import Path
 from dulwich.refs import Ref
 
 from gitsync.git import walk
+from gitsync.git.remote_branch import wanted
 from gitsync.git.repo import GitRepo
 from gitsync.git.trees import local_store
 
@@ -22,9 +23,9 @@ _REMOTES = b"refs/remotes/origin/"
 
 def fetch_everything(git: GitRepo) -> None:
     """Every branch (as refs/remotes/origin/*, pruned) and tag of the remote."""
-    refs = git.remote().fetch(
+    refs = git.remote_branch.remote().fetch(
         git.repo,
-        lambda refs: git.wanted(refs, [n for n in refs if not n.endswith(b"^{}")]),
+        lambda refs: wanted(git.repo, refs, [n for n in refs if not n.endswith(b"^{}")]),
         ref_prefix=list(_PREFIXES),
         depth=None,
         filter_spec=None,
