@@ -1,6 +1,6 @@
-"""What one sync is: its request (SyncJob), its answer (SyncResult) and its target.
+"""What one sync is: its request (SyncJob), its run (Run), its answer (SyncResult), its target.
 
-Plain values, shared by the steps in ``service`` and the modules beside it.
+Plain values, shared by the steps in ``steps`` and the modules beside them.
 """
 
 from __future__ import annotations
