@@ -15,20 +15,19 @@ from pathlib import Path
 from dulwich.refs import Ref
 
 from gitsync.git import walk
+from gitsync.git.remote_branch import wanted
 from gitsync.git.repo import GitRepo
 from gitsync.git.trees import local_store
 
 _PREFIXES = (Ref(b"refs/heads/"), Ref(b"refs/tags/"))
 _REMOTES = b"refs/remotes/origin/"
-# Far deeper than any backup's history: git's own value for --unshallow.
-_ALL_HISTORY = 0x7FFFFFFF
 
 
 def fetch_everything(git: GitRepo) -> None:
     """Every branch (as refs/remotes/origin/*, pruned) and tag of the remote."""
-    refs = git.remote().fetch(
+    refs = git.remote_branch.remote().fetch(
         git.repo,
-        lambda refs: git.wanted(refs, [n for n in refs if not n.endswith(b"^{}")]),
+        lambda refs: wanted(git.repo, refs, [n for n in refs if not n.endswith(b"^{}")]),
         ref_prefix=list(_PREFIXES),
         depth=None,
         filter_spec=None,
@@ -81,14 +80,7 @@ def fetch_history(git: GitRepo) -> None:
     with local_store("Reading the repository"):
         if tip is None or not git.repo.get_shallow():
             return  # no branch, or all its history is here already
-    branch = Ref(git.remote_ref.encode())
-    git.remote().fetch(
-        git.repo,
-        lambda refs: [refs[branch]] if branch in refs else [],
-        ref_prefix=[branch],
-        depth=_ALL_HISTORY,
-        filter_spec=b"blob:none",
-    )
+    git.remote_branch.fetch_history(git.repo)
 
 
 def log_touching(

@@ -9,9 +9,9 @@ the tip the commit was built on: never forced (``transport``).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +26,8 @@ from gitsync.deadline import Deadline
 from gitsync.errors import GitError
 from gitsync.git import repair, trees, walk
 from gitsync.git.file_index import FileIndex
-from gitsync.git.transport import PushOutcome, Remote
+from gitsync.git.remote_branch import RemoteBranch
+from gitsync.git.transport import PushOutcome
 from gitsync.git.trees import EMPTY_TREE, Change, Entry, RepositoryCorrupt, local_store
 from gitsync.secrets import Redactor, Secret
 
@@ -43,11 +44,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EMPTY_TREE_HEX = EMPTY_TREE.decode()
-# Blobs above this size are not fetched for a sync: it only needs the remote's
-# trees (and our README's text), and a "zip bomb" blob never arrives.
-SYNC_FETCH_FILTER = b"blob:limit=1048576"
-# Far deeper than any backup's history: git's own value for --unshallow.
-_ALL_HISTORY = 0x7FFFFFFF
 # Who moved a ref, in the service's own reflogs (never read from any config).
 _REFLOG_IDENTITY = b"windmill-git-sync <windmill-git-sync@localhost>"
 # New packs per sync pile up (open files, slower lookups): merged beyond this.
@@ -73,9 +69,20 @@ class GitRepo:
     redactor: Redactor
     deadline: Deadline
     _repo: Repo | None = field(default=None, init=False, repr=False)
-    _remote: Remote | None = field(default=None, init=False, repr=False)
+    remote_branch: RemoteBranch = field(init=False, repr=False)
     # Objects built for the next commit: written as one pack when a ref needs them.
     _pending: dict[ObjectID, ShaFile] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.remote_branch = RemoteBranch(
+            self.settings,
+            self.remote_url,
+            self.branch,
+            self.token,
+            self.username,
+            self.redactor,
+            self.deadline,
+        )
 
     @property
     def remote_ref(self) -> str:
@@ -91,16 +98,7 @@ class GitRepo:
 
     def another_handle(self) -> GitRepo:
         """The same repository through its own handle, for work in another thread."""
-        return GitRepo(
-            self.settings,
-            self.git_dir,
-            self.remote_url,
-            self.branch,
-            self.token,
-            self.username,
-            self.redactor,
-            self.deadline,
-        )
+        return dataclasses.replace(self)
 
     @property
     def repo(self) -> Repo:
@@ -113,9 +111,7 @@ class GitRepo:
         if self._repo is not None:
             self._repo.close()
             self._repo = None
-        if self._remote is not None:
-            self._remote.close()
-            self._remote = None
+        self.remote_branch.close()
 
     def __enter__(self) -> GitRepo:
         return self
@@ -133,37 +129,12 @@ class GitRepo:
         """Create the bare repository, or clear what an interrupted run left behind."""
         if not (self.git_dir / "HEAD").is_file():
             self.close()
-            if self.git_dir.exists():
-                shutil.rmtree(self.git_dir)
-            self.git_dir.mkdir(parents=True)
-            # default_branch given: dulwich would otherwise read init.defaultBranch
-            # from the ambient configuration.
-            Repo.init_bare(str(self.git_dir), default_branch=b"main").close()
-        repair.remove_debris(self.git_dir)
+        repair.initialize(self.git_dir)
 
     def recover_after_crash(self) -> None:
-        """Repair what a killed run may have left; move a broken repository aside.
-
-        If the object store is broken, the repository is kept as
-        ``corrupt-<time>.git`` beside it (commits that never reached the
-        remote can be salvaged from there) and a fresh one takes its place;
-        the next fetch fills it from the remote.
-        """
+        """Repair what a killed run may have left; move a broken repository aside."""
         self.close()
-        repair.remove_debris(self.git_dir)
-        with local_store("Checking the repository"):
-            problem = repair.connectivity_problem(self.repo)
-        self.close()
-        if problem is not None:
-            aside = self.git_dir.with_name(f"corrupt-{int(time.time())}.git")
-            log.error(
-                "repository %s failed fsck; moved to %s and starting afresh",
-                self.git_dir,
-                aside.name,
-                extra={"detail": problem},
-            )
-            self.git_dir.rename(aside)
-            self.ensure_initialized()
+        repair.recover(self.git_dir)
 
     def peel(self, sha: ObjectID) -> Commit:
         obj = self.get(sha)
@@ -192,7 +163,8 @@ class GitRepo:
         if found is None:
             # The walk ran into the edge of a shallow fetch: get the branch's
             # whole history (trees and commits only) and look again.
-            self._fetch_history()
+            log.info("fetching the history of %s to compare commits", self.branch)
+            self.remote_branch.fetch_history(self.repo)
             with local_store("Reading the history"):
                 found = walk.reaches(self.get, _oid(descendant), _oid(ancestor))
         return bool(found)
@@ -303,52 +275,14 @@ class GitRepo:
 
     # -- remote ------------------------------------------------------------
 
-    def remote(self) -> Remote:
-        if self._remote is None:
-            self._remote = Remote(
-                url=self.remote_url,
-                username=self.username,
-                token=self.token,
-                ca_file=self.settings.git_ssl_cainfo,
-                deadline=self.deadline,
-                redactor=self.redactor,
-                max_fetch_bytes=self.settings.max_fetch_bytes,
-            )
-        return self._remote
-
-    def wanted(self, refs: Mapping[Ref, ObjectID], names: list[Ref]) -> list[ObjectID]:
-        store = self.repo.object_store
-        with local_store("Reading the repository"):
-            return [refs[n] for n in names if n in refs and refs[n] not in store]
-
     def fetch_tip(self) -> str | None:
         """The branch's commit on the remote (fetched if new here), or None if absent."""
-        ref = _ref(self.remote_ref)
-        refs = self.remote().fetch(
-            self.repo,
-            lambda refs: self.wanted(refs, [ref]),
-            ref_prefix=[ref],
-            depth=1,
-            filter_spec=SYNC_FETCH_FILTER,
-        )
-        tip = refs.get(ref)
+        tip = self.remote_branch.fetch_tip(self.repo)
         if tip is None:
             self.delete_ref(self.tracking_ref)
             return None
         self.update_ref(self.tracking_ref, tip.decode(), reason="windmill-git-sync: remote tip")
         return tip.decode()
-
-    def _fetch_history(self) -> None:
-        ref = _ref(self.remote_ref)
-        log.info("fetching the history of %s to compare commits", self.branch)
-        self.remote().fetch(
-            self.repo,
-            lambda refs: [refs[ref]] if ref in refs else [],
-            ref_prefix=[ref],
-            depth=_ALL_HISTORY,
-            # Only ancestry is compared: commits and trees, no file content.
-            filter_spec=b"blob:none",
-        )
 
     def push(self, commit: str, expected: str | None) -> PushOutcome:
         """Make the remote branch ``commit`` if it still is ``expected`` (None: absent)."""
@@ -356,17 +290,8 @@ class GitRepo:
             # Pushing it would replace the remote's history on hosts that allow that.
             raise GitError("Git push refused: the commit does not build on the remote tip")
         self._flush()
-        repo = self.repo
-
-        def generate(have: object, want: object, ofs_delta: bool = False, progress: object = None):  # type: ignore[no-untyped-def]
-            return repo.generate_pack_data(set(have), set(want), ofs_delta=ofs_delta)  # type: ignore[call-overload]
-
-        return self.remote().push(
-            repo,
-            _ref(self.remote_ref),
-            _oid(commit),
-            _oid(expected) if expected else None,
-            generate=generate,
+        return self.remote_branch.push(
+            self.repo, _oid(commit), _oid(expected) if expected else None
         )
 
 

@@ -23,7 +23,7 @@ OUTCOMES = ("success", "noop", "error", "refused")
 
 
 class TargetSummary(Protocol):
-    """What the job store remembers of a target (sync/jobs.py), as the gauges need it."""
+    """What the job store remembers of a target (sync/summaries.py), as the gauges need it."""
 
     @property
     def label(self) -> str: ...

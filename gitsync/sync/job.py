@@ -1,6 +1,6 @@
-"""What one sync is: its request (SyncJob), its answer (SyncResult) and its target.
+"""What one sync is: its request (SyncJob), its run (Run), its answer (SyncResult), its target.
 
-Plain values, shared by the steps in ``service`` and the modules beside it.
+Plain values, shared by the steps in ``steps`` and the modules beside them.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from gitsync.config import SecretScanPolicy
@@ -184,3 +185,15 @@ def strip_prefix(path: str, prefix: str) -> str:
 
 def join_prefix(prefix: str, path: str) -> str:
     return f"{prefix}/{path}" if prefix else path
+
+
+@dataclass(eq=False)
+class Run:
+    """An accepted sync: its job id, its target, and the future its callers wait on."""
+
+    job_id: str
+    key: str
+    fingerprint: str
+    job: SyncJob
+    future: Future[SyncResult] = field(default_factory=Future)
+    started: bool = False

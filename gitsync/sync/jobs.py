@@ -5,9 +5,8 @@ transactions; the schema is created idempotently at start-up. Rows hold no
 secret: error messages are already redacted when they get here.
 
 Beside the jobs, which are pruned to JOB_HISTORY, one summary row per target
-keeps what monitoring needs across pruning and restarts: the last success,
-the last attempt, the last outcome, and the last success a staleness alert
-was sent about.
+keeps what monitoring needs across pruning and restarts (``summaries``: the
+same database, connection and lock).
 """
 
 from __future__ import annotations
@@ -16,11 +15,10 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitsync.ops.metrics import target_label
+from gitsync.sync.summaries import TargetSummaries, TargetSummary
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -51,19 +49,6 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_workspace ON jobs (workspace, created_at);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
-CREATE TABLE IF NOT EXISTS target_summary (
-    target           TEXT PRIMARY KEY,
-    label            TEXT NOT NULL,  -- the metrics label
-    workspace        TEXT NOT NULL,
-    remote           TEXT NOT NULL,
-    branch           TEXT NOT NULL,
-    last_success_at  REAL,
-    last_attempt_at  REAL NOT NULL,
-    -- success | noop | error | refused, as the metrics count them
-    last_outcome     TEXT NOT NULL,
-    -- the last success a staleness alert was sent about
-    stale_alert_for  REAL
-);
 """
 
 ACTIVE_STATES = ("queued", "running")
@@ -94,23 +79,6 @@ _COLUMNS = (
 # Columns added after the first release: added to an older database at start-up.
 _ADDED_COLUMNS = {"interrupted_at": "REAL", "completed_by": "TEXT"}
 
-# How a finished job's state reads as a metrics outcome (for the upgrade below).
-_OUTCOME_OF_STATE = {"failed": "error", "refused": "refused"}
-
-
-@dataclass(frozen=True)
-class TargetSummary:
-    target: str
-    label: str
-    workspace: str
-    remote: str
-    branch: str
-    last_success_at: float | None
-    last_attempt_at: float
-    last_outcome: str
-    stale_alert_for: float | None
-
-
 # Column names are constants of this module, never input.
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"  # noqa: S608
 
@@ -123,17 +91,14 @@ class JobStore:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self.target_summaries = TargetSummaries(self._db, self._lock)
         with self._lock:
-            had_summary = self._db.execute(
-                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='target_summary'"
-            ).fetchone()
             self._db.executescript(SCHEMA)
             present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
             for name, kind in _ADDED_COLUMNS.items():
                 if name not in present:  # names and kinds are constants of this module
                     self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
-            if not had_summary:
-                self._summarise_existing_jobs()
+            self.target_summaries.create_table()
 
     def close(self) -> None:
         with self._lock:
@@ -302,71 +267,13 @@ class JobStore:
             )
         return result
 
-    def record_outcome(
-        self,
-        target: str,
-        *,
-        label: str,
-        workspace: str,
-        remote: str,
-        branch: str,
-        outcome: str,
-        at: float,
-    ) -> None:
-        """Fold one finished sync into its target's summary."""
-        succeeded = outcome in ("success", "noop")
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO target_summary (target, label, workspace, remote, branch, "
-                "last_success_at, last_attempt_at, last_outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (target) DO UPDATE SET label=excluded.label, "
-                "workspace=excluded.workspace, remote=excluded.remote, branch=excluded.branch, "
-                "last_success_at=COALESCE(excluded.last_success_at, last_success_at), "
-                "last_attempt_at=excluded.last_attempt_at, last_outcome=excluded.last_outcome",
-                (target, label, workspace, remote, branch, at if succeeded else None, at, outcome),
-            )
-
+    # The target summaries (summaries.py) share this database and its lock;
+    # these two are what the metrics and the staleness watchdog read.
     def summaries(self) -> list[TargetSummary]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT target, label, workspace, remote, branch, last_success_at, "
-                "last_attempt_at, last_outcome, stale_alert_for FROM target_summary "
-                "ORDER BY target"
-            ).fetchall()
-        return [TargetSummary(*row) for row in rows]
+        return self.target_summaries.all()
 
     def note_stale_alert(self, target: str, last_success_at: float) -> None:
-        """Remember that this silence was reported, so a restart does not report it again."""
-        with self._lock:
-            self._db.execute(
-                "UPDATE target_summary SET stale_alert_for=? WHERE target=?",
-                (last_success_at, target),
-            )
-
-    def _summarise_existing_jobs(self) -> None:
-        # A database from before the summary table: start from what the kept
-        # jobs know. The jobs do not record a path prefix, so a prefixed
-        # target's label lacks it until that target's next sync.
-        rows = self._db.execute(
-            "SELECT target, workspace, remote, branch, state, changed, finished_at FROM jobs "
-            "WHERE state IN ('succeeded', 'failed', 'refused') AND finished_at IS NOT NULL "
-            "ORDER BY finished_at"
-        ).fetchall()
-        summaries: dict[str, tuple[Any, ...]] = {}
-        last_success: dict[str, float] = {}
-        for target, workspace, remote, branch, state, changed, finished_at in rows:
-            if state == "succeeded":
-                outcome = "success" if changed else "noop"
-                last_success[target] = finished_at
-            else:
-                outcome = _OUTCOME_OF_STATE[state]
-            label = target_label(workspace, remote, branch)
-            summaries[target] = (target, label, workspace, remote, branch, finished_at, outcome)
-        self._db.executemany(
-            "INSERT OR IGNORE INTO target_summary (target, label, workspace, remote, branch, "
-            "last_attempt_at, last_outcome, last_success_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*row, last_success.get(row[0])) for row in summaries.values()],
-        )
+        self.target_summaries.note_stale_alert(target, last_success_at)
 
     def _prune(self) -> None:
         self._db.execute(

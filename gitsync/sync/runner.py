@@ -11,35 +11,25 @@ to come back later (503 with Retry-After).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from gitsync.config import Settings
-from gitsync.errors import Busy, Refused, SecretDetected, ShuttingDown, WindmillGitSyncError
+from gitsync.errors import Busy, ShuttingDown, WindmillGitSyncError
 from gitsync.ops.alerts import AlertSender
-from gitsync.ops.metrics import Metrics, target_label
-from gitsync.sync.job import SyncJob, SyncResult
+from gitsync.ops.metrics import Metrics
+from gitsync.sync.job import Run, SyncJob
 from gitsync.sync.jobs import JobStore
+from gitsync.sync.outcomes import RunOutcomes
 from gitsync.sync.service import SyncService
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 30
-
-
-@dataclass(eq=False)
-class Run:
-    job_id: str
-    key: str
-    fingerprint: str
-    job: SyncJob
-    future: Future[SyncResult] = field(default_factory=Future)
-    started: bool = False
 
 
 @dataclass
@@ -72,6 +62,7 @@ class SyncRunner:
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.alerts = alerts
+        self.outcomes = RunOutcomes(store, self.metrics, alerts)
         service.on_retry = lambda step: self.metrics.retries.labels(step).inc()
         self._pool = ThreadPoolExecutor(settings.max_concurrent_syncs, thread_name_prefix="sync")
         self._lock = threading.Lock()
@@ -135,156 +126,25 @@ class SyncRunner:
             self.metrics.queue_depth.set(self._not_started)
             self.metrics.in_flight.set(self._in_flight)
         started = time.monotonic()
-        self.store.update(run.job_id, state="running", started_at=time.time())
+        self.outcomes.running(run)
         try:
             result = self.service.sync(
                 run.job, progress=lambda phase: self.store.update(run.job_id, phase=phase)
             )
         except WindmillGitSyncError as exc:
             exc.job_id = run.job_id  # type: ignore[attr-defined]
-            self._report_failure(run, exc, time.monotonic() - started)
-            self.store.update(
-                run.job_id,
-                finished_at=time.time(),
-                phase="done",
-                error=exc.code,
-                state="refused" if isinstance(exc, Refused) else "failed",
-                message=exc.message,
-                attempts=exc.attempts,
-                result_json=json.dumps(
-                    {"files": [], "secret_findings": exc.response_extra.get("secret_findings", [])}
-                ),
-            )
+            self.outcomes.failed(run, exc, time.monotonic() - started)
             run.future.set_exception(exc)
         except BaseException as exc:
             # The outermost job boundary: log the traceback, record a failure.
             log.exception("sync job %s crashed", run.job_id)
-            self._record(run, "error", time.monotonic() - started)
-            self.store.update(
-                run.job_id,
-                state="failed",
-                finished_at=time.time(),
-                phase="done",
-                error="internal_error",
-                message="Internal error; see the service log",
-            )
+            self.outcomes.crashed(run, time.monotonic() - started)
             run.future.set_exception(exc)
         else:
-            data = result.to_dict()
-            self.store.update(
-                run.job_id,
-                state="succeeded",
-                finished_at=time.time(),
-                phase="done",
-                changed=int(result.changed),
-                commit_id=result.commit,
-                added=data["added"],
-                modified=data["modified"],
-                deleted=data["deleted"],
-                attempts=result.push_attempts,
-                result_json=json.dumps(
-                    {
-                        "files": data["files"],
-                        "secret_findings": data.get("secret_findings", []),
-                        "pull": result.pull,
-                        "pull_reason": result.pull_reason,
-                    }
-                ),
-            )
-            self._report_success(run, result, data)
-            self._complete_owed(run)
+            self.outcomes.succeeded(run, result)
             run.future.set_result(result)
         finally:
             self._next_in_lane(run)
-
-    @staticmethod
-    def _label(run: Run) -> str:
-        job = run.job
-        return target_label(job.workspace, job.remote_url, job.branch, job.path_prefix)
-
-    def _record(self, run: Run, outcome: str, seconds: float, **counts: int) -> None:
-        # The store's summary first: it is what the gauges restart from.
-        at = time.time()
-        job = run.job
-        self.store.record_outcome(
-            run.key,
-            label=self._label(run),
-            workspace=job.workspace,
-            remote=job.remote_url,
-            branch=job.branch,
-            outcome=outcome,
-            at=at,
-        )
-        self.metrics.record(self._label(run), outcome, seconds, at=at, **counts)
-
-    def _report_success(self, run: Run, result: SyncResult, data: dict[str, object]) -> None:
-        outcome = "success" if result.changed else "noop"
-        if result.secret_findings:
-            self.metrics.secret_findings.labels(self._label(run), "pushed").inc(
-                len(result.secret_findings)
-            )
-        self._record(
-            run,
-            outcome,
-            result.duration_seconds,
-            added=result.count("added"),
-            modified=result.count("modified"),
-            deleted=result.count("deleted"),
-            commits=len(result.commits),
-        )
-        # One rich line per sync (JSON when stdout is not a terminal).
-        log.info(
-            "sync %s",
-            outcome,
-            extra={
-                "event": "sync",
-                "outcome": outcome,
-                "job_id": run.job_id,
-                "target": self._label(run),
-                "duration_seconds": data["duration_seconds"],
-                "commit": result.commit,
-                "added": data["added"],
-                "modified": data["modified"],
-                "deleted": data["deleted"],
-                "commits": len(result.commits),
-            },
-        )
-
-    def _report_failure(self, run: Run, exc: WindmillGitSyncError, seconds: float) -> None:
-        outcome = "refused" if isinstance(exc, Refused) else "error"
-        self._record(run, outcome, seconds)
-        if isinstance(exc, SecretDetected):
-            found = len(exc.response_extra.get("secret_findings", []))  # type: ignore[arg-type]
-            self.metrics.secret_findings.labels(self._label(run), "blocked").inc(found)
-        log.error(
-            "sync %s: %s",
-            outcome,
-            exc.message,
-            extra={
-                "event": "sync",
-                "outcome": outcome,
-                "job_id": run.job_id,
-                "target": self._label(run),
-                "duration_seconds": round(seconds, 3),
-                "error": exc.code,
-                "attempts": exc.attempts,
-                "detail": exc.detail,
-            },
-        )
-        if self.alerts is not None:
-            job = run.job
-            self.alerts.send(
-                {
-                    "event": "sync_failed",
-                    "workspace": job.workspace,
-                    "remote": job.remote_url,
-                    "branch": job.branch,
-                    "job_id": run.job_id,
-                    "error": exc.code,
-                    "message": f"Backup of workspace '{job.workspace}' to {job.remote_url} "
-                    f"({job.branch}) failed: {exc.message}",
-                }
-            )
 
     def _next_in_lane(self, finished: Run) -> None:
         with self._lock:
@@ -296,22 +156,6 @@ class SyncRunner:
                 del self._lanes[finished.key]
             elif not self._closing:
                 self._pool.submit(self._execute, lane.current)
-
-    def _complete_owed(self, run: Run) -> None:
-        # Jobs of this target cut off by a shutdown or a crash are done now:
-        # this run pulled the whole workspace after they were accepted.
-        completed = self.store.complete_interrupted(run.key, run.job_id)
-        if completed:
-            log.info(
-                "owed run completed: %d interrupted job(s) of this target",
-                len(completed),
-                extra={
-                    "event": "owed_run_completed",
-                    "job_id": run.job_id,
-                    "target": self._label(run),
-                    "completed_jobs": completed,
-                },
-            )
 
     @property
     def idle(self) -> bool:

@@ -1,8 +1,9 @@
-"""The ``POST /sync`` body: parsed and validated before anything touches disk or network.
+"""The bodies of ``POST /sync``, ``/restore`` and ``/history``, and ``GET /history``'s query:
+parsed and validated before anything touches disk or network.
 
 Validation is strict (see shared security notes, section c.6): these values
-end up in ``git`` and ``wmill`` invocations. Every rejection names the field
-and the rule, and never echoes the value back (it may be a token).
+end up in Git requests and ``wmill`` invocations. Every rejection names the
+field and the rule (fields.py), and never echoes the value back (it may be a token).
 """
 
 from __future__ import annotations
@@ -29,42 +30,26 @@ from gitsync.secrets import Secret
 from gitsync.sync.history import HistoryQuery
 from gitsync.sync.job import SyncJob
 from gitsync.sync.restore import RestoreJob
+from gitsync.web.fields import (
+    CONTROL_CHARS,
+    EMAIL,
+    ITEM_PATH,
+    ITEM_PATH_RULE,
+    PATH_PREFIX,
+    WORKSPACE_ID,
+    canonical_remote_url,
+    check_token,
+    describe_validation_error,
+    is_item_path,
+    is_valid_branch,
+    path_patterns,
+)
 from gitsync.windmill.wmill import Scope
 
 M = TypeVar("M", bound=BaseModel)
 
 # The contract's required fields, in the order the error message lists them.
 REQUIRED_FIELDS = ("windmill_token", "git_remote_url", "git_token")
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_TOKEN = re.compile(r"^[\x21-\x7e]{1,512}$")
-_HOST = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*$")
-_URL_PATH = re.compile(r"^/[A-Za-z0-9._~/-]+$")
-# Branch names: a strict allow-list, then git's own check-ref-format rules.
-_BRANCH = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-_WORKSPACE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,49}$")
-_EMAIL = re.compile(r"^[^\s<>@]+@[^\s<>@]+$")
-_PREFIX = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)*")
-_PATTERN = re.compile(r"[A-Za-z0-9._*?/-]{1,200}")
-_ITEM_PATH = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_.@/-]{0,299}")
-_ITEM_PATH_RULE = "must be an item path like f/team/my_flow"
-
-
-def _check_token(value: SecretStr) -> SecretStr:
-    if not _TOKEN.fullmatch(value.get_secret_value()):
-        raise ValueError("must be 1 to 512 printable ASCII characters without spaces")
-    return value
-
-
-def _patterns(value: object) -> object:
-    if isinstance(value, list):
-        if len(value) > 100 or not all(isinstance(p, str) and _PATTERN.fullmatch(p) for p in value):
-            raise ValueError(
-                "must be a list of at most 100 path patterns like 'f/team/**' "
-                "(letters, digits, '.', '_', '-', '/', '*', '?')"
-            )
-        return tuple(value)
-    raise ValueError("must be a list of path patterns")
 
 
 class _GitRequest(BaseModel):
@@ -81,7 +66,7 @@ class _GitRequest(BaseModel):
     # Sub-directory of the repository for this workspace (several per repository).
     path_prefix: str = ""
 
-    _git_token = field_validator("git_token")(_check_token)
+    _git_token = field_validator("git_token")(check_token)
 
     @property
     def username(self) -> str:
@@ -114,7 +99,7 @@ class _GitRequest(BaseModel):
         value = value.strip("/")
         if value and (
             len(value) > 200
-            or not _PREFIX.fullmatch(value)
+            or not PATH_PREFIX.fullmatch(value)
             or any(part in (".", "..") or part.lower() == ".git" for part in value.split("/"))
         ):
             raise ValueError(
@@ -128,7 +113,7 @@ class _GitRequest(BaseModel):
     def _workspace(cls, value: str) -> str:
         if value == "*":  # every workspace the token can see
             return value
-        if not _WORKSPACE.fullmatch(value):
+        if not WORKSPACE_ID.fullmatch(value):
             raise ValueError(
                 "must be a Windmill workspace id: letters, digits, '-' and '_', "
                 "at most 50 characters"
@@ -152,8 +137,8 @@ class _TargetRequest(_GitRequest):
     includes: tuple[str, ...] = ("f/**", "u/**")
     include_secrets: str = "skip"
 
-    _windmill_token = field_validator("windmill_token")(_check_token)
-    _includes = field_validator("includes", mode="before")(_patterns)
+    _windmill_token = field_validator("windmill_token")(check_token)
+    _includes = field_validator("includes", mode="before")(path_patterns)
 
     @field_validator("include_secrets")
     @classmethod
@@ -185,7 +170,7 @@ class SyncRequest(_TargetRequest):
     # Narrows SECRET_SCAN for this sync (looser only where the operator allows it).
     secret_scan: Literal["block", "warn", "off"] | None = None
 
-    _excludes = field_validator("excludes", mode="before")(_patterns)
+    _excludes = field_validator("excludes", mode="before")(path_patterns)
 
     def to_job(self) -> SyncJob:
         return SyncJob(
@@ -216,7 +201,7 @@ class SyncRequest(_TargetRequest):
     @field_validator("git_user_name")
     @classmethod
     def _user_name(cls, value: str) -> str:
-        if not 1 <= len(value) <= 100 or _CONTROL.search(value) or set("<>") & set(value):
+        if not 1 <= len(value) <= 100 or CONTROL_CHARS.search(value) or set("<>") & set(value):
             raise ValueError("must be 1 to 100 characters without control characters or '<', '>'")
         if not value.strip():
             raise ValueError("must not be blank")
@@ -225,7 +210,7 @@ class SyncRequest(_TargetRequest):
     @field_validator("git_user_email")
     @classmethod
     def _user_email(cls, value: str) -> str:
-        if len(value) > 254 or _CONTROL.search(value) or not _EMAIL.fullmatch(value):
+        if len(value) > 254 or CONTROL_CHARS.search(value) or not EMAIL.fullmatch(value):
             raise ValueError("must be an email address like name@example.com")
         return value
 
@@ -276,7 +261,7 @@ class HistoryRequest(_GitRequest):
     @classmethod
     def _item_path(cls, value: str) -> str:
         if not is_item_path(value):
-            raise ValueError(_ITEM_PATH_RULE)
+            raise ValueError(ITEM_PATH_RULE)
         return value
 
     def to_query(self) -> HistoryQuery:
@@ -291,44 +276,6 @@ class HistoryRequest(_GitRequest):
             git_token=Secret(self.git_token.get_secret_value()),
             git_username=self.username,
         )
-
-
-def canonical_remote_url(value: str) -> str:
-    """Check an HTTPS remote URL; return it canonical (lower-case host, no trailing slash)."""
-    if not value or value.startswith("-") or _CONTROL.search(value) or re.search(r"\s", value):
-        raise ValueError("must be an https:// URL without spaces or control characters")
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme.lower() != "https":
-        raise ValueError("must be an https:// URL (other transports are not allowed)")
-    if "@" in parts.netloc:
-        raise ValueError("must not contain credentials; send the token in git_token")
-    if parts.query or parts.fragment or "?" in value or "#" in value:
-        raise ValueError("must not contain a query string or fragment")
-    host = (parts.hostname or "").lower()
-    if not _HOST.fullmatch(host):
-        raise ValueError("must name a valid host")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("has an invalid port") from None
-    path = parts.path.rstrip("/")
-    if not _URL_PATH.fullmatch(path) or ".." in path or "//" in path:
-        raise ValueError("must have a repository path of letters, digits and '._~/-'")
-    netloc = host if port in (None, 443) else f"{host}:{port}"
-    return f"https://{netloc}{path}"
-
-
-def is_valid_branch(name: str) -> bool:
-    """git check-ref-format --branch, narrowed to an allow-list (security notes T17)."""
-    if not _BRANCH.fullmatch(name) or name in ("HEAD", "@") or name.startswith("refs/"):
-        return False
-    if ".." in name or "//" in name or "@{" in name or name.endswith(("/", ".")):
-        return False
-    return not any(part.startswith(".") or part.endswith(".lock") for part in name.split("/"))
-
-
-def is_item_path(value: str) -> bool:
-    return bool(_ITEM_PATH.fullmatch(value)) and ".." not in value.split("/")
 
 
 def parse_sync_request(body: Any, allowed_hosts: frozenset[str] = frozenset()) -> SyncRequest:
@@ -359,27 +306,6 @@ def _parse(
         raise RequestError(describe_validation_error(exc)) from None
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """Field names and rules only: pydantic's own text can echo a token."""
-    problems: list[str] = []
-    for error in exc.errors(include_input=False, include_url=False):
-        field = ".".join(str(p) for p in error["loc"]) or "body"
-        kind = error["type"]
-        if kind == "extra_forbidden":
-            problems.append(f"Unknown field: {field}")
-        elif kind == "missing":
-            problems.append(f"Missing required field: {field}")
-        elif kind == "value_error":
-            problems.append(f"Invalid {field}: {error['ctx']['error']}")
-        elif kind.startswith("string") and "too_long" in kind:
-            problems.append(f"Invalid {field}: too long")
-        elif kind in ("string_type", "bool_type", "int_type", "list_type", "dict_type"):
-            problems.append(f"Invalid {field}: must be a {kind.removesuffix('_type')}")
-        else:
-            problems.append(f"Invalid {field}")
-    return "; ".join(problems)
-
-
 def parse_history_query(args: dict[str, str]) -> HistoryQuery:
     """The query of GET /history (and the history command), every problem reported at once."""
     if "git_token" in args:
@@ -400,12 +326,12 @@ def parse_history_query(args: dict[str, str]) -> HistoryQuery:
     if not is_valid_branch(branch):
         problems.append("Invalid git_branch: must be a plain branch name")
     prefix = (args.get("path_prefix") or "").strip("/")
-    if prefix and (".." in prefix.split("/") or not _ITEM_PATH.fullmatch(prefix)):
+    if prefix and (".." in prefix.split("/") or not ITEM_PATH.fullmatch(prefix)):
         problems.append("Invalid path_prefix: must be a relative directory")
     path = args["path"]
     if not is_item_path(path):
-        problems.append(f"Invalid path: {_ITEM_PATH_RULE}")
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,49}", args["workspace"]):
+        problems.append(f"Invalid path: {ITEM_PATH_RULE}")
+    if not WORKSPACE_ID.fullmatch(args["workspace"]):
         problems.append("Invalid workspace: must be a Windmill workspace id")
     if problems:
         raise RequestError("; ".join(problems))

@@ -22,16 +22,14 @@ from pathlib import Path
 
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
-from gitsync.errors import CommandError, SyncTimeout, WindmillAuthError, WindmillError
+from gitsync.errors import CommandError, SyncTimeout, WindmillError
 from gitsync.secrets import Redactor, Secret
-from gitsync.windmill import fast_pull
-from gitsync.windmill.api import WindmillApi
+from gitsync.windmill import cli_errors, fast_pull
 from gitsync.windmill.process import run
 
 log = logging.getLogger(__name__)
 
 CLI_VERSION = "1.819.0"
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 @dataclass(frozen=True)
@@ -247,7 +245,7 @@ class WmillCli:
             except SyncTimeout as exc:
                 raise SyncTimeout(what, exc.seconds) from None
             except CommandError as exc:
-                raise self._classify(exc, workspace, token, args[1]) from None
+                raise cli_errors.classify(exc, self.settings, workspace, token, args[1]) from None
             except FileNotFoundError:
                 raise WindmillError(
                     f"The wmill CLI could not be started ({self.settings.node_bin} or "
@@ -289,80 +287,6 @@ class WmillCli:
         if self.settings.node_extra_ca_certs:
             env["NODE_EXTRA_CA_CERTS"] = str(self.settings.node_extra_ca_certs)
         return env
-
-    def _classify(
-        self, exc: CommandError, workspace: str, token: Secret, action: str
-    ) -> WindmillError:
-        text = _ANSI.sub("", f"{exc.stdout}\n{exc.stderr}")
-        base = self.settings.windmill_base_url
-        detail = exc.detail
-        if "Could not authenticate" in text:
-            # With WM_TOKEN the CLI says this for a 500 or a dead server too.
-            probe = WindmillApi(
-                base, token, extra_ca=self.settings.node_extra_ca_certs, timeout=10
-            ).status_of("users/whoami")
-            if probe is None:
-                return WindmillError(
-                    f"Could not connect to Windmill at {base}", detail=detail, transient=True
-                )
-            if probe >= 500:
-                return WindmillError(
-                    f"Windmill answered HTTP {probe} to the login check",
-                    detail=detail,
-                    transient=True,
-                )
-            return WindmillAuthError(
-                f"Windmill rejected the token for workspace '{workspace}'", detail=detail
-            )
-        if "Failed to request tarball from API: 401" in text:
-            return WindmillAuthError(
-                f"Windmill rejected the token for workspace '{workspace}'", detail=detail
-            )
-        if "Permission denied" in text or "Failed to request tarball from API: 403" in text:
-            return WindmillAuthError(
-                f"The Windmill token lacks permission to export workspace '{workspace}'",
-                detail=detail,
-            )
-        if re.search(r"Workspace id '[^']*' not found", text):
-            return WindmillError(
-                f"Windmill workspace '{workspace}' was not found at {base}", detail=detail
-            )
-        if "Network error" in text or "fetch failed" in text or "ECONNREFUSED" in text:
-            return WindmillError(
-                f"Could not connect to Windmill at {base}", detail=detail, transient=True
-            )
-        status = re.search(r"Failed to request tarball from API: (\d{3})", text)
-        if status:
-            code = int(status.group(1))
-            return WindmillError(
-                f"Windmill failed to export workspace '{workspace}' (HTTP {code})",
-                detail=detail,
-                transient=code >= 500,
-            )
-        request_failed = re.search(r"Request failed \((\d{3})\)", text)
-        if request_failed:
-            code = int(request_failed.group(1))
-            return WindmillError(
-                f"Windmill answered HTTP {code} to the login check",
-                detail=detail,
-                transient=code >= 500,
-            )
-        if "central directory" in text or "is this a zip" in text:
-            return WindmillError("Windmill returned an invalid workspace archive", detail=detail)
-        if (
-            exc.returncode == -25
-            or "EFBIG" in text
-            or "ENOSPC" in text
-            or ("no space left" in text.lower())
-        ):
-            return WindmillError(
-                f"The Windmill {action} failed: no space left on the service's disk "
-                "(or a file above MAX_FILE_BYTES)",
-                detail=detail,
-            )
-        return WindmillError(
-            f"The Windmill {action} failed (wmill exit code {exc.returncode})", detail=detail
-        )
 
 
 # Keys of the settings export that hold credentials (an OAuth client secret,

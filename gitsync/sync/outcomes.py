@@ -1,0 +1,190 @@
+"""Where each run's outcome goes: its job row, its target's summary, metrics, a log line, an alert.
+
+Kept apart from the runner's queue and lanes: what happens to a finished
+run's record does not depend on how it was scheduled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from gitsync.errors import Refused, SecretDetected, WindmillGitSyncError
+from gitsync.ops.alerts import AlertSender
+from gitsync.ops.metrics import Metrics, target_label
+from gitsync.sync.job import Run, SyncResult
+from gitsync.sync.jobs import JobStore
+
+# The runner's name, as before this module was split from it: the JSON log's
+# "logger" field of each sync's line is something log queries match on.
+log = logging.getLogger("gitsync.sync.runner")
+
+
+class RunOutcomes:
+    """Records and reports each run as it starts and ends; shared by every run."""
+
+    def __init__(self, store: JobStore, metrics: Metrics, alerts: AlertSender | None) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.alerts = alerts
+
+    def running(self, run: Run) -> None:
+        self.store.update(run.job_id, state="running", started_at=time.time())
+
+    def failed(self, run: Run, exc: WindmillGitSyncError, seconds: float) -> None:
+        self._report_failure(run, exc, seconds)
+        self.store.update(
+            run.job_id,
+            finished_at=time.time(),
+            phase="done",
+            error=exc.code,
+            state="refused" if isinstance(exc, Refused) else "failed",
+            message=exc.message,
+            attempts=exc.attempts,
+            result_json=json.dumps(
+                {"files": [], "secret_findings": exc.response_extra.get("secret_findings", [])}
+            ),
+        )
+
+    def crashed(self, run: Run, seconds: float) -> None:
+        """A failure the sync did not foresee; the runner has logged its traceback."""
+        self._record(run, "error", seconds)
+        self.store.update(
+            run.job_id,
+            state="failed",
+            finished_at=time.time(),
+            phase="done",
+            error="internal_error",
+            message="Internal error; see the service log",
+        )
+
+    def succeeded(self, run: Run, result: SyncResult) -> None:
+        data = result.to_dict()
+        self.store.update(
+            run.job_id,
+            state="succeeded",
+            finished_at=time.time(),
+            phase="done",
+            changed=int(result.changed),
+            commit_id=result.commit,
+            added=data["added"],
+            modified=data["modified"],
+            deleted=data["deleted"],
+            attempts=result.push_attempts,
+            result_json=json.dumps(
+                {
+                    "files": data["files"],
+                    "secret_findings": data.get("secret_findings", []),
+                    "pull": result.pull,
+                    "pull_reason": result.pull_reason,
+                }
+            ),
+        )
+        self._report_success(run, result, data)
+        self._complete_owed(run)
+
+    @staticmethod
+    def _label(run: Run) -> str:
+        job = run.job
+        return target_label(job.workspace, job.remote_url, job.branch, job.path_prefix)
+
+    def _record(self, run: Run, outcome: str, seconds: float, **counts: int) -> None:
+        # The store's summary first: it is what the gauges restart from.
+        at = time.time()
+        job = run.job
+        self.store.target_summaries.record(
+            run.key,
+            label=self._label(run),
+            workspace=job.workspace,
+            remote=job.remote_url,
+            branch=job.branch,
+            outcome=outcome,
+            at=at,
+        )
+        self.metrics.record(self._label(run), outcome, seconds, at=at, **counts)
+
+    def _report_success(self, run: Run, result: SyncResult, data: dict[str, object]) -> None:
+        outcome = "success" if result.changed else "noop"
+        if result.secret_findings:
+            self.metrics.secret_findings.labels(self._label(run), "pushed").inc(
+                len(result.secret_findings)
+            )
+        self._record(
+            run,
+            outcome,
+            result.duration_seconds,
+            added=result.count("added"),
+            modified=result.count("modified"),
+            deleted=result.count("deleted"),
+            commits=len(result.commits),
+        )
+        # One rich line per sync (JSON when stdout is not a terminal).
+        log.info(
+            "sync %s",
+            outcome,
+            extra={
+                "event": "sync",
+                "outcome": outcome,
+                "job_id": run.job_id,
+                "target": self._label(run),
+                "duration_seconds": data["duration_seconds"],
+                "commit": result.commit,
+                "added": data["added"],
+                "modified": data["modified"],
+                "deleted": data["deleted"],
+                "commits": len(result.commits),
+            },
+        )
+
+    def _report_failure(self, run: Run, exc: WindmillGitSyncError, seconds: float) -> None:
+        outcome = "refused" if isinstance(exc, Refused) else "error"
+        self._record(run, outcome, seconds)
+        if isinstance(exc, SecretDetected):
+            found = len(exc.response_extra.get("secret_findings", []))  # type: ignore[arg-type]
+            self.metrics.secret_findings.labels(self._label(run), "blocked").inc(found)
+        log.error(
+            "sync %s: %s",
+            outcome,
+            exc.message,
+            extra={
+                "event": "sync",
+                "outcome": outcome,
+                "job_id": run.job_id,
+                "target": self._label(run),
+                "duration_seconds": round(seconds, 3),
+                "error": exc.code,
+                "attempts": exc.attempts,
+                "detail": exc.detail,
+            },
+        )
+        if self.alerts is not None:
+            job = run.job
+            self.alerts.send(
+                {
+                    "event": "sync_failed",
+                    "workspace": job.workspace,
+                    "remote": job.remote_url,
+                    "branch": job.branch,
+                    "job_id": run.job_id,
+                    "error": exc.code,
+                    "message": f"Backup of workspace '{job.workspace}' to {job.remote_url} "
+                    f"({job.branch}) failed: {exc.message}",
+                }
+            )
+
+    def _complete_owed(self, run: Run) -> None:
+        # Jobs of this target cut off by a shutdown or a crash are done now:
+        # this run pulled the whole workspace after they were accepted.
+        completed = self.store.complete_interrupted(run.key, run.job_id)
+        if completed:
+            log.info(
+                "owed run completed: %d interrupted job(s) of this target",
+                len(completed),
+                extra={
+                    "event": "owed_run_completed",
+                    "job_id": run.job_id,
+                    "target": self._label(run),
+                    "completed_jobs": completed,
+                },
+            )
