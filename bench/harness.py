@@ -115,9 +115,10 @@ class ServiceMeter:
     """CPU and memory of the service: its own processes and the git/node children they start.
 
     The service's own process is the one running waitress (any process of the
-    same executable counts); everything else under it is a child (git, node). Their
-    peak RSS comes from the kernel's high-water mark, reset at the start of
-    each run; children live briefly, so they are sampled.
+    same executable counts); everything else under it is a child (node, running
+    the wmill CLI; Git runs in-process). Their peak RSS comes from the kernel's
+    high-water mark, reset at the start of each run; children live briefly, so
+    they are sampled.
     """
 
     def __init__(self, root_pid: int, interval: float = 0.03) -> None:

@@ -192,7 +192,7 @@ def render(
     out.append("")
     out.append(
         "Peak resident memory. The service: its own process (waitress; the same "
-        "executable), from the kernel's high-water mark; its children (git, node): all of "
+        "executable), from the kernel's high-water mark; its children (node, the CLI): all of "
         "them at once, sampled every 30 ms; a bare command: its largest process."
     )
     out.append("")
