@@ -132,7 +132,12 @@ def test_the_saved_index_is_private_holds_no_content_and_forgets_deleted_files(
 
 
 @pytest.mark.parametrize(
-    "content", [b"", b"not an index\n", b"windmill-git-sync file index 1\nnot\tenough\n"]
+    "content",
+    [
+        b"",
+        b"not an index\n",
+        b"windmill-git-sync file index 1\nnot\tenough\n",
+    ],
 )
 def test_a_missing_or_unreadable_index_means_hashing_everything(
     export: Path, tmp_path: Path, content: bytes
@@ -156,3 +161,21 @@ def test_a_link_put_in_a_files_place_is_refused(export: Path, tmp_path: Path) ->
 
     with pytest.raises(OSError):
         FileIndex(RACY).blob_id("f/team/job.py", str(script))
+
+
+def test_a_damaged_blob_id_in_the_saved_index_is_never_used(export: Path, tmp_path: Path) -> None:
+    lock = export / "wmill-lock.yaml"
+    _settled()
+    index = FileIndex(RACY)
+    index.blob_id("wmill-lock.yaml", str(lock))
+    index.save(tmp_path / "index", ["wmill-lock.yaml"])
+    saved = (tmp_path / "index").read_text()
+    good = blob_id(lock.read_bytes()).decode()
+    assert good in saved
+    # The stat still matches the file: only the id is damaged (a bad disk, say).
+    (tmp_path / "index").write_text(saved.replace(good, "z" * 40))
+
+    loaded = FileIndex.load(tmp_path / "index", RACY)
+
+    assert loaded.blob_id("wmill-lock.yaml", str(lock)).decode() == good
+    assert loaded.hashed == 1

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 _FORMAT = "windmill-git-sync file index 1"
 # Inode timestamps come from a coarse clock (a few ms); one second is ample.
 RACY_SECONDS = 1.0
+_SHA = re.compile(r"[0-9a-f]{40}")
 Stamp = tuple[int, int, int, int, int]  # size, mtime_ns, ctime_ns, inode, device
 
 
@@ -39,18 +41,6 @@ def blob_id(data: bytes) -> ObjectID:
     """Git's id of a blob holding ``data``, straight from hashlib (no Blob object)."""
     header = b"blob %d\0" % len(data)
     return ObjectID(hashlib.sha1(header + data).hexdigest().encode())  # noqa: S324
-
-
-def read_no_follow(path: str) -> bytes:
-    """A file's bytes; a symbolic link put in its place is refused, not followed."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        chunks = [os.read(fd, os.fstat(fd).st_size + 1)]
-        while chunks[-1]:
-            chunks.append(os.read(fd, 1 << 20))
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def stamp_of(st: os.stat_result) -> Stamp:
@@ -76,6 +66,8 @@ class FileIndex:
                 return index
             for line in lines[1:]:
                 sha, size, mtime, ctime, ino, dev, rel = line.split("\t", 6)
+                if not _SHA.fullmatch(sha):
+                    raise ValueError("not a blob id")  # a damaged file: trust none of it
                 stamp = (int(size), int(mtime), int(ctime), int(ino), int(dev))
                 index._entries[rel] = (stamp, ObjectID(sha.encode()))
         except FileNotFoundError:
@@ -99,6 +91,7 @@ class FileIndex:
 
     def hash_file(self, rel: str, path: str) -> tuple[ObjectID, bytes]:
         """Reads the file, remembers its id, and gives both (for a blob to be written)."""
+        # O_NOFOLLOW: a symbolic link put in a file's place is refused, not followed.
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             # The stat before the read: a write during it moves mtime past it.
