@@ -70,11 +70,12 @@ def run_endurance(
     log(f"[endurance] {syncs} syncs of {items} items, one item changed each time")
     servers.sync(workspace, remote, measure=False)
     changer = Changer(servers, workspace)
-    targets = servers.service.data_dir / "targets"
+    # The target's own repository, beside its export directory.
+    pack_dir = servers.export_dir(workspace, remote).parent / "repo.git" / "objects" / "pack"
     for number in range(1, syncs + 1):
         changer.change(1)
         servers.sync(workspace, remote, measure=False)
-        packs = sum(1 for _ in targets.glob("*/repo.git/objects/pack/*.pack"))
+        packs = sum(1 for _ in pack_dir.glob("*.pack"))
         result.samples.append(
             Sample(number, _status_kb(pid, "VmRSS"), len(os.listdir(f"/proc/{pid}/fd")), packs)
         )
