@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from gitsync.web.drain import JOB_ID_KEY
+from gitsync.web.drain import JOB_ID_KEY, ClosingBody
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -43,7 +43,8 @@ def wrap(app: WSGIApplication) -> WSGIApplication:
             status[:] = ["500"]
             line.write(0)
             raise
-        return _CountingBody(body, line)
+        # waitress closes the body once it has taken the last chunk (or the client left).
+        return ClosingBody(body, line.write)
 
     return logged
 
@@ -73,24 +74,3 @@ class _Line:
                 "job_id": env.get(JOB_ID_KEY),
             },
         )
-
-
-class _CountingBody:
-    def __init__(self, body: Iterable[bytes], line: _Line) -> None:
-        self._body = body
-        self._line = line
-        self._sent = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._body:
-            self._sent += len(chunk)
-            yield chunk
-
-    def close(self) -> None:
-        # waitress calls this once it has taken the last chunk (or the client left).
-        try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._line.write(self._sent)

@@ -58,7 +58,7 @@ class Drain:
             with self._cv:
                 self._in_flight[token] = environ
             try:
-                return _OnClose(app(environ, start_response), lambda: self._done(token))
+                return ClosingBody(app(environ, start_response), lambda _sent: self._done(token))
             except BaseException:
                 self._done(token)
                 raise
@@ -83,15 +83,21 @@ class Drain:
             self._cv.wait(seconds)
 
 
-class _OnClose:
-    """A response body that reports when waitress closes it (all taken, or the client gone)."""
+class ClosingBody:
+    """A response body that reports when waitress closes it (all taken, or the client gone).
 
-    def __init__(self, body: Iterable[bytes], on_close: Callable[[], None]) -> None:
+    ``on_close`` gets the bytes of the body sent until then.
+    """
+
+    def __init__(self, body: Iterable[bytes], on_close: Callable[[int], None]) -> None:
         self._body = body
         self._on_close = on_close
+        self._sent = 0
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
+        for chunk in self._body:
+            self._sent += len(chunk)
+            yield chunk
 
     def close(self) -> None:
         try:
@@ -99,7 +105,7 @@ class _OnClose:
             if close is not None:
                 close()
         finally:
-            self._on_close()
+            self._on_close(self._sent)
 
 
 class _Server(Protocol):
