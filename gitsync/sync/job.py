@@ -98,21 +98,7 @@ class SyncResult:
         return own + sum(r.count(status) for r in self.workspaces)
 
     def to_dict(self) -> dict[str, object]:
-        if self.workspace == "*":
-            return {
-                "workspace": "*",
-                "remote": self.remote_url,
-                "branch": self.branch,
-                "changed": self.changed,
-                "commit": self.commit,
-                "added": self.count("added"),
-                "modified": self.count("modified"),
-                "deleted": self.count("deleted"),
-                "files": [],
-                "workspaces": [r.to_dict() for r in self.workspaces],
-                "duration_seconds": round(self.duration_seconds, 3),
-            }
-        return {
+        common: dict[str, object] = {
             "workspace": self.workspace,
             "remote": self.remote_url,
             "branch": self.branch,
@@ -121,27 +107,35 @@ class SyncResult:
             "added": self.count("added"),
             "modified": self.count("modified"),
             "deleted": self.count("deleted"),
-            "files": [
-                {"path": c.path, "status": c.status} for c in self.changes[:MAX_LISTED_CHANGES]
-            ],
-            "files_truncated": len(self.changes) > MAX_LISTED_CHANGES,
-            "items": [
-                {
-                    "kind": c.item.kind,
-                    "path": c.item.path,
-                    "change": c.change,
-                    **({"old_path": c.old_path} if c.old_path else {}),
-                }
-                for c in self.items[:MAX_LISTED_CHANGES]
-            ],
-            "commits": [c.to_dict() for c in self.commits],
-            "secret_findings": [f.to_dict() for f in self.secret_findings],
-            "path_prefix": self.path_prefix,
-            "scope": self.scope.describe(),
-            "pull": self.pull,
-            **({"pull_reason": self.pull_reason} if self.pull_reason else {}),
-            "duration_seconds": round(self.duration_seconds, 3),
         }
+        if self.workspace == "*":
+            own: dict[str, object] = {
+                "files": [],
+                "workspaces": [r.to_dict() for r in self.workspaces],
+            }
+        else:
+            own = {
+                "files": [
+                    {"path": c.path, "status": c.status} for c in self.changes[:MAX_LISTED_CHANGES]
+                ],
+                "files_truncated": len(self.changes) > MAX_LISTED_CHANGES,
+                "items": [
+                    {
+                        "kind": c.item.kind,
+                        "path": c.item.path,
+                        "change": c.change,
+                        **({"old_path": c.old_path} if c.old_path else {}),
+                    }
+                    for c in self.items[:MAX_LISTED_CHANGES]
+                ],
+                "commits": [c.to_dict() for c in self.commits],
+                "secret_findings": [f.to_dict() for f in self.secret_findings],
+                "path_prefix": self.path_prefix,
+                "scope": self.scope.describe(),
+                "pull": self.pull,
+                **({"pull_reason": self.pull_reason} if self.pull_reason else {}),
+            }
+        return {**common, **own, "duration_seconds": round(self.duration_seconds, 3)}
 
 
 @dataclass(frozen=True)
