@@ -31,6 +31,8 @@ from gitsync.web.requests import (
 )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# Backed up, except items held for secrets (restic's "some files could not be read").
+EXIT_PARTIAL = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,11 +136,16 @@ def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
         service = SyncService(settings)
         service.prepare_data_dir()
         result = service.sync(parse_sync_request(body).to_job())
+        held = bool(result.all_held)
         output: dict[str, Any] = {
-            "success": True,
+            "success": not held,
             "message": success_message(result),
+            **({"error": "secrets_held", "partial": True} if held else {}),
             **result.to_dict(),
         }
+        if held:
+            print(json.dumps(output, indent=2))
+            return EXIT_PARTIAL
     else:
         restored = RestoreService(settings).restore(parse_restore_request(body).to_job())
         output = {"success": True, **restored.to_dict()}

@@ -31,6 +31,7 @@ class SecretScanPolicy(enum.StrEnum):
 
     OFF = "off"  # no scan
     WARN = "warn"  # push, and report the findings
+    HOLD = "hold"  # push everything but the items with a finding, and report them
     BLOCK = "block"  # refuse the sync; nothing is pushed
 
 
@@ -86,7 +87,7 @@ class Settings:
     # Hosts git_remote_url may name (empty: any host).
     git_allowed_hosts: frozenset[str] = frozenset()
     # Secrets in the files a sync adds or changes: refused by default.
-    secret_scan: SecretScanPolicy = SecretScanPolicy.BLOCK
+    secret_scan: SecretScanPolicy = SecretScanPolicy.HOLD
     # The entropy detectors too (noisy on ordinary scripts).
     secret_scan_entropy: bool = False
     # May a request's "secret_scan" be looser than SECRET_SCAN? (Stricter always may.)
@@ -233,7 +234,7 @@ class Settings:
         policy = env.get("SECRET_SCAN", "").strip().lower()
         if policy:
             if policy not in tuple(SecretScanPolicy):
-                problems.append(f"SECRET_SCAN must be block, warn or off, got {policy!r}")
+                problems.append(f"SECRET_SCAN must be hold, block, warn or off, got {policy!r}")
             else:
                 values["secret_scan"] = SecretScanPolicy(policy)
         flag("SECRET_SCAN_ENTROPY", "secret_scan_entropy")

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import trustme
 
+from tests.servers.alert_sink import AlertSink
 from tests.servers.git_server import GitHttpServer
 from tests.servers.proc_scan import ProcScanner, needles_for
 from tests.servers.service_process import WMILL_CLI, ServiceProcess
@@ -72,6 +73,14 @@ def scanner() -> Iterator[ProcScanner]:
     scan.start()
     yield scan
     scan.stop()
+
+
+@pytest.fixture(scope="module")
+def sink() -> Iterator[AlertSink]:
+    s = AlertSink()
+    yield s
+    s.server.shutdown()
+    s.server.server_close()
 
 
 @pytest.fixture(scope="session")

@@ -9,55 +9,21 @@ import re
 import shutil
 import sqlite3
 import subprocess
-import threading
 import time
 import zlib
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import GIT_TOKEN, WINDMILL_TOKEN, Target, new_target, start_service
+from tests.servers.alert_sink import AlertSink
 from tests.servers.proc_scan import needles_for
 from tests.servers.service_process import REPO_ROOT, WMILL_CLI, ServiceProcess
 from tests.servers.windmill_emulator import WindmillEmulator
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-
-
-class AlertSink:
-    """A loopback endpoint that records the JSON it is sent."""
-
-    def __init__(self) -> None:
-        received: list[dict[str, Any]] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", "0"))
-                received.append(json.loads(self.rfile.read(length)))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def events(self, kind: str) -> list[dict[str, Any]]:
-        return [e for e in list(self.received) if e.get("event") == kind]
-
-
-@pytest.fixture(scope="module")
-def sink() -> Iterator[AlertSink]:
-    s = AlertSink()
-    yield s
-    s.server.shutdown()
-    s.server.server_close()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import GIT_TOKEN, Target, new_target, start_service
+from tests.secret_samples import rsa_pkcs1
 from tests.servers.git_server import GitHttpServer
 from tests.servers.service_process import ServiceProcess
 from tests.servers.windmill_emulator import WindmillEmulator
@@ -17,13 +18,16 @@ from tests.servers.windmill_emulator import WindmillEmulator
 GITHUB_TOKEN = "ghp_Vb3kQ9xLm2Rt7YwZ4pNc8Hs1Jd6Fg0Ka5EuT"
 AWS_KEY_ID = "AKIAQ7RZ4MXK2PLN5WVB"
 AWS_SECRET = "q8Hn2Lk5Vw9Rt3Zc7Xm1Pb6Jd4Fs0Gy2Ua8Ee5T"
-PRIVATE_KEY = (
-    "-----BEGIN RSA PRIVATE KEY-----\n"
-    "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun\n"
-    "-----END RSA PRIVATE KEY-----\n"
-)
+# A whole key, made for this run: a header alone is no longer a finding.
+PRIVATE_KEY = rsa_pkcs1()
 ALLOWED = "ghp_Qw8Er7Ty6Ui5Op4As3Df2Gh1Jk0Lz9Xc8Vb7N"
-VALUES = (GITHUB_TOKEN, AWS_KEY_ID, AWS_SECRET, PRIVATE_KEY.splitlines()[1], ALLOWED)
+VALUES = (
+    GITHUB_TOKEN,
+    AWS_KEY_ID,
+    AWS_SECRET,
+    *PRIVATE_KEY.splitlines()[1:-1],
+    ALLOWED,
+)
 
 
 def script(*lines: str) -> str:
@@ -39,6 +43,15 @@ def findings_of(data: dict[str, object]) -> list[tuple[str, str, int, str]]:
     found = data["secret_findings"]
     assert isinstance(found, list)
     return [(f["item"], f["file"], f["line"], f["detector"]) for f in found]
+
+
+@pytest.fixture(scope="module")
+def block_service(
+    windmill: WindmillEmulator, ca_pem: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    proc = start_service(tmp_path_factory.mktemp("block"), windmill, ca_pem, SECRET_SCAN="block")
+    yield proc
+    proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +77,13 @@ def warn_service(
     ids=["github-token", "aws-key-pair", "private-key"],
 )
 def test_a_secret_in_a_script_is_blocked_and_nothing_is_pushed(
-    service: ServiceProcess, target: Target, lines: tuple[str, ...], line: int, detector: str
+    block_service: ServiceProcess,
+    target: Target,
+    lines: tuple[str, ...],
+    line: int,
+    detector: str,
 ) -> None:
+    service = block_service
     assert service.post("/sync", target.body()).status_code == 200
     before = target.log()
     target.workspace.add_script("f/team/leaky", content=script(*lines))
@@ -89,7 +107,10 @@ def test_a_secret_in_a_script_is_blocked_and_nothing_is_pushed(
     assert 'windmill_git_sync_secret_findings_total{action="blocked"' in metrics
 
 
-def test_a_secret_in_a_resource_value_is_blocked(service: ServiceProcess, target: Target) -> None:
+def test_a_secret_in_a_resource_value_is_blocked(
+    block_service: ServiceProcess, target: Target
+) -> None:
+    service = block_service
     target.workspace.add_resource(
         "f/team/github", resource_type="github", value={"token": GITHUB_TOKEN}
     )
@@ -125,11 +146,12 @@ def test_warn_pushes_and_reports_the_findings(
 
 
 def test_a_request_may_narrow_the_policy_but_not_loosen_it(
-    service: ServiceProcess,
+    block_service: ServiceProcess,
     warn_service: ServiceProcess,
     windmill: WindmillEmulator,
     git_server: GitHttpServer,
 ) -> None:
+    service = block_service
     leaky = script(f'TOKEN = "{GITHUB_TOKEN}"')
     strict = new_target(windmill, git_server)
     strict.workspace.add_script("f/team/leaky", content=leaky)

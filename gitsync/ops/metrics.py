@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-OUTCOMES = ("success", "noop", "error", "refused")
+OUTCOMES = ("success", "noop", "partial", "error", "refused")
+# Outcomes after which the backup is fresh: "partial" pushed all but the held items.
+BACKED_UP = ("success", "noop", "partial")
 
 
 class TargetSummary(Protocol):
@@ -33,6 +35,8 @@ class TargetSummary(Protocol):
     def last_attempt_at(self) -> float: ...
     @property
     def last_outcome(self) -> str: ...
+    @property
+    def held(self) -> Sequence[Mapping[str, object]]: ...
 
 
 def target_label(workspace: str, remote_url: str, branch: str, prefix: str = "") -> str:
@@ -69,8 +73,14 @@ class Metrics:
         )
         self.secret_findings = Counter(
             "windmill_git_sync_secret_findings",
-            "Possible secrets found in what syncs added, by what was done (blocked, pushed)",
+            "Possible secrets found in what syncs added, by what was done (held, blocked, pushed)",
             ["target", "action"],
+            registry=r,
+        )
+        self.held_items = Gauge(
+            "windmill_git_sync_held_items",
+            "Items the last sync of a target held back for possible secrets (0: none)",
+            ["target"],
             registry=r,
         )
         self.retries = Counter(
@@ -106,6 +116,7 @@ class Metrics:
             if summary.last_success_at is not None:
                 self.last_success.labels(summary.label).set(summary.last_success_at)
             self._set_outcome(summary.label, summary.last_outcome)
+            self.held_items.labels(summary.label).set(len(summary.held))
 
     def _set_outcome(self, target: str, outcome: str) -> None:
         for each in OUTCOMES:
@@ -127,7 +138,7 @@ class Metrics:
         self.syncs.labels(outcome, target).inc()
         self.duration.labels(outcome).observe(seconds)
         self.last_attempt.labels(target).set(now)
-        if outcome in ("success", "noop"):
+        if outcome in BACKED_UP:
             self.last_success.labels(target).set(now)
         self._set_outcome(target, outcome)
         for change, n in (("added", added), ("modified", modified), ("deleted", deleted)):

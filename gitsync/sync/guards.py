@@ -1,7 +1,8 @@
 """Refusals before anything is committed: a full disk, a mass deletion, a secret.
 
 Each leaves the previous backup exactly as it was and says why, and what to
-do about it.
+do about it; a secret under the default policy (hold) keeps back only the
+items that hold one, and the rest of the sync goes on.
 """
 
 from __future__ import annotations
@@ -10,10 +11,18 @@ import logging
 import shutil
 
 from gitsync.config import SecretScanPolicy, Settings
+from gitsync.deadline import Deadline
 from gitsync.errors import InsufficientStorage, MassDeletionRefused, SecretDetected
 from gitsync.git.repo import Change, GitRepo
-from gitsync.sync.job import SyncJob, in_prefix, strip_prefix
-from gitsync.sync.scan import ALLOWLIST_COMMENT, Finding, SecretScanner, effective_policy
+from gitsync.sync import commits
+from gitsync.sync.job import SyncJob, in_prefix, join_prefix, strip_prefix
+from gitsync.sync.scan import (
+    ALLOWLIST_COMMENT,
+    Finding,
+    HeldItem,
+    SecretScanner,
+    effective_policy,
+)
 from gitsync.windmill import mirror
 
 log = logging.getLogger(__name__)
@@ -58,19 +67,25 @@ def check_mass_deletion(
         )
 
 
+def secret_policy(settings: Settings, job: SyncJob) -> SecretScanPolicy:
+    """The operator's policy, narrowed (or loosened, if allowed) by the request."""
+    return effective_policy(
+        settings.secret_scan,
+        job.secret_scan,
+        may_loosen=settings.secret_scan_request_may_loosen,
+    )
+
+
 def scan_for_secrets(
     settings: Settings,
     scanner: SecretScanner,
     job: SyncJob,
     changes: list[Change],
     export: dict[str, str],
+    deadline: Deadline,
 ) -> tuple[Finding, ...]:
     """Scan what this sync adds or changes; refuse it if the policy says block."""
-    policy = effective_policy(
-        settings.secret_scan,
-        job.secret_scan,
-        may_loosen=settings.secret_scan_request_may_loosen,
-    )
+    policy = secret_policy(settings, job)
     if policy is SecretScanPolicy.OFF:
         return ()
     prefix = job.path_prefix
@@ -81,9 +96,9 @@ def scan_for_secrets(
         and in_prefix(c.path, prefix)
         and (rel := strip_prefix(c.path, prefix)) in export
     }
-    findings = tuple(scanner.scan(written, prefix))
-    if not findings:
-        return ()
+    findings = tuple(scanner.scan(written, prefix, deadline))
+    if not findings or policy is SecretScanPolicy.HOLD:
+        return findings
     if policy is SecretScanPolicy.WARN:
         log.warning(
             "pushing %d possible secret(s) in workspace %s (SECRET_SCAN=warn)",
@@ -102,3 +117,50 @@ def scan_for_secrets(
     )
     error.response_extra = {"secret_findings": [f.to_dict() for f in findings]}
     raise error
+
+
+def hold_back(
+    repo: GitRepo,
+    base_tree: str,
+    tree: str,
+    changes: list[Change],
+    findings: tuple[Finding, ...],
+    prefix: str,
+) -> tuple[str, tuple[HeldItem, ...]]:
+    """``tree`` with every item that has a finding as ``base_tree`` has it.
+
+    An item is held whole: all the files this sync changes of it (both
+    names of a rename) keep their previous blobs, or stay out if they are
+    new, so nothing of its new content is in the tree, and so in no object
+    the push sends.
+    """
+    held_refs: dict[str, list[Finding]] = {}
+    for finding in findings:
+        held_refs.setdefault(finding.item, []).append(finding)
+    files: dict[str, set[str]] = {item: set() for item in held_refs}
+    for change in commits.item_changes(changes, prefix):
+        name = f"{change.item.kind} {change.item.path}"
+        if name in files:
+            files[name].update(join_prefix(prefix, f) for f in change.files)
+    for item in files:
+        if not files[item]:  # a file of no item (the lock file, say): itself
+            files[item] = {join_prefix(prefix, item)}
+    before = repo.ls_tree(base_tree)
+    updates = {path: before.get(path) for paths in files.values() for path in paths}
+    held = tuple(
+        HeldItem(
+            item,
+            tuple(sorted(files[item])),
+            previous=any(path in before for path in files[item]),
+            findings=tuple(found),
+        )
+        for item, found in sorted(held_refs.items())
+    )
+    for one in held:
+        log.warning(
+            "holding %s back: possible secret(s) in it; the backup keeps %s",
+            one.item,
+            "its previous version" if one.previous else "no copy",
+            extra={"secret_findings": [f.to_dict() for f in one.findings]},
+        )
+    return repo.tree_with(tree, updates), held

@@ -16,7 +16,7 @@ from gitsync.config import SecretScanPolicy
 from gitsync.git.repo import Change, Identity
 from gitsync.git.transport import default_username
 from gitsync.secrets import Redactor, Secret
-from gitsync.sync.scan import Finding
+from gitsync.sync.scan import Finding, HeldItem
 from gitsync.windmill.items import ItemChange
 from gitsync.windmill.wmill import Scope
 
@@ -24,6 +24,8 @@ from gitsync.windmill.wmill import Scope
 Progress = Callable[[str], None]
 # Changed paths listed in a commit body and a response; counts are always whole.
 MAX_LISTED_CHANGES = 500
+# Held items named in a message; the answer's list holds them all.
+MAX_LISTED_HELD = 20
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,17 @@ class SyncResult:
     path_prefix: str = ""
     # With workspace "*": one result per workspace.
     workspaces: tuple[SyncResult, ...] = ()
-    # Secrets found and pushed anyway (SECRET_SCAN=warn); never their values.
+    # Secrets found (pushed anyway under SECRET_SCAN=warn); never their values.
     secret_findings: tuple[Finding, ...] = ()
+    # Items kept out of this sync for their findings (SECRET_SCAN=hold).
+    held: tuple[HeldItem, ...] = ()
     # "skipped" when nothing the CLI reads had changed (skip.py); why it ran otherwise.
     pull: str = "ran"
     pull_reason: str | None = None
+
+    @property
+    def all_held(self) -> tuple[HeldItem, ...]:
+        return self.held + tuple(h for r in self.workspaces for h in r.all_held)
 
     def count(self, status: str) -> int:
         own = sum(1 for c in self.changes if c.status == status)
@@ -107,6 +115,8 @@ class SyncResult:
             "added": self.count("added"),
             "modified": self.count("modified"),
             "deleted": self.count("deleted"),
+            # Never empty when the backup is incomplete: see success_message.
+            "held_items": [h.to_dict() for h in self.held],
         }
         if self.workspace == "*":
             own: dict[str, object] = {
@@ -164,6 +174,22 @@ def target_key(
 
 
 def success_message(result: SyncResult) -> str:
+    held = result.all_held
+    if held:
+        what = (
+            f"{len(result.workspaces)} workspaces"
+            if result.workspace == "*"
+            else (f"workspace '{result.workspace}'")
+        )
+        more = len(held) - MAX_LISTED_HELD
+        return (
+            f"Synced {what} to Git except {len(held)} item(s) held back for possible "
+            f"secrets: {'; '.join(h.describe() for h in held[:MAX_LISTED_HELD])}"
+            f"{f'; and {more} more' if more > 0 else ''}. "
+            "Move each value into a Windmill secret variable or resource (or, for a false "
+            "positive, end its line with 'pragma: allowlist secret'); the next sync then "
+            "backs the item up."
+        )
     if result.workspace == "*":
         return f"Successfully synced {len(result.workspaces)} workspaces to Git"
     return f"Successfully synced workspace '{result.workspace}' to Git"

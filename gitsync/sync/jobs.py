@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     workspace     TEXT NOT NULL,
     remote        TEXT NOT NULL,
     branch        TEXT NOT NULL,
-    -- queued | running | succeeded | failed | refused | interrupted
+    -- queued | running | succeeded | partial | failed | refused | interrupted
     state         TEXT NOT NULL,
     phase         TEXT,
     requests      INTEGER NOT NULL DEFAULT 1,
@@ -217,19 +217,21 @@ class JobStore:
                 ).fetchall()
                 success = self._db.execute(
                     "SELECT finished_at, commit_id FROM jobs WHERE target=? AND "
-                    "state='succeeded' ORDER BY finished_at DESC LIMIT 1",
+                    "state IN ('succeeded', 'partial') ORDER BY finished_at DESC LIMIT 1",
                     (target,),
                 ).fetchone()
                 # The success may be older than the jobs kept; the summary is not pruned.
                 kept = self._db.execute(
-                    "SELECT last_success_at FROM target_summary WHERE target=?", (target,)
+                    "SELECT last_success_at, held FROM target_summary WHERE target=?", (target,)
                 ).fetchone()
                 owed = self._db.execute(
                     "SELECT COUNT(*) FROM jobs WHERE target=? AND state='interrupted'", (target,)
                 ).fetchone()[0]
-                summaries.append((target, rows, success, kept[0] if kept else None, owed))
+                summaries.append((target, rows, success, kept, owed))
         result = []
-        for target, rows, success, kept_success_at, owed in summaries:
+        for target, rows, success, kept, owed in summaries:
+            kept_success_at = kept[0] if kept else None
+            held = json.loads(kept[1]) if kept else []
             jobs = [dict(zip(_COLUMNS, row, strict=True)) for row in rows]
             latest = jobs[0]
             last_success_at = max(
@@ -253,6 +255,7 @@ class JobStore:
                     "last_error": failed[0]["message"] if failed else None,
                     "state": latest["state"],
                     "owed_jobs": owed,
+                    "held": held,
                     "recent": [
                         {
                             "state": j["state"],
@@ -293,6 +296,8 @@ def _to_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     stored = json.loads(result) if result else {}
     data["files"] = stored.get("files", [])
     data["secret_findings"] = stored.get("secret_findings", [])
+    # Items held back for possible secrets (state "partial"); never a value.
+    data["held_items"] = stored.get("held_items", [])
     # "skipped" when the CLI was not started; absent for jobs that never finished.
     if "pull" in stored:
         data["pull"] = stored["pull"]

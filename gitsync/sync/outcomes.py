@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 from gitsync.errors import Refused, SecretDetected, WindmillGitSyncError
 from gitsync.ops.alerts import AlertSender
 from gitsync.ops.metrics import Metrics, target_label
-from gitsync.sync.job import Run, SyncResult
+from gitsync.sync.job import Run, SyncResult, success_message
 from gitsync.sync.jobs import JobStore
+from gitsync.sync.scan import HeldItem
 
 # The runner's name, as before this module was split from it: the JSON log's
 # "logger" field of each sync's line is something log queries match on.
@@ -61,11 +63,14 @@ class RunOutcomes:
 
     def succeeded(self, run: Run, result: SyncResult) -> None:
         data = result.to_dict()
+        held = result.all_held
         self.store.update(
             run.job_id,
-            state="succeeded",
+            # Pushed, but not whole: never to be read as a clean success.
+            state="partial" if held else "succeeded",
             finished_at=time.time(),
             phase="done",
+            **({"error": "secrets_held", "message": success_message(result)} if held else {}),
             changed=int(result.changed),
             commit_id=result.commit,
             added=data["added"],
@@ -76,6 +81,7 @@ class RunOutcomes:
                 {
                     "files": data["files"],
                     "secret_findings": data.get("secret_findings", []),
+                    "held_items": [h.to_dict() for h in held],
                     "pull": result.pull,
                     "pull_reason": result.pull_reason,
                 }
@@ -89,11 +95,19 @@ class RunOutcomes:
         job = run.job
         return target_label(job.workspace, job.remote_url, job.branch, job.path_prefix)
 
-    def _record(self, run: Run, outcome: str, seconds: float, **counts: int) -> None:
+    def _record(
+        self,
+        run: Run,
+        outcome: str,
+        seconds: float,
+        held: list[dict[str, Any]] | None = None,
+        **counts: int,
+    ) -> list[dict[str, Any]]:
+        """Fold the run into its target's summary and the metrics; return what was held before."""
         # The store's summary first: it is what the gauges restart from.
         at = time.time()
         job = run.job
-        self.store.target_summaries.record(
+        before = self.store.target_summaries.record(
             run.key,
             label=self._label(run),
             workspace=job.workspace,
@@ -101,19 +115,29 @@ class RunOutcomes:
             branch=job.branch,
             outcome=outcome,
             at=at,
+            held=held,
         )
         self.metrics.record(self._label(run), outcome, seconds, at=at, **counts)
+        if held is not None:
+            self.metrics.held_items.labels(self._label(run)).set(len(held))
+        return before
 
     def _report_success(self, run: Run, result: SyncResult, data: dict[str, object]) -> None:
-        outcome = "success" if result.changed else "noop"
-        if result.secret_findings:
+        held = result.all_held
+        outcome = "partial" if held else "success" if result.changed else "noop"
+        if held:
+            self.metrics.secret_findings.labels(self._label(run), "held").inc(
+                sum(len(h.findings) for h in held)
+            )
+        elif result.secret_findings:
             self.metrics.secret_findings.labels(self._label(run), "pushed").inc(
                 len(result.secret_findings)
             )
-        self._record(
+        held_before = self._record(
             run,
             outcome,
             result.duration_seconds,
+            [h.to_dict() for h in held],
             added=result.count("added"),
             modified=result.count("modified"),
             deleted=result.count("deleted"),
@@ -134,8 +158,10 @@ class RunOutcomes:
                 "modified": data["modified"],
                 "deleted": data["deleted"],
                 "commits": len(result.commits),
+                "held_items": [h.to_dict() for h in held],
             },
         )
+        self._alert_held(run, held, held_before)
 
     def _report_failure(self, run: Run, exc: WindmillGitSyncError, seconds: float) -> None:
         outcome = "refused" if isinstance(exc, Refused) else "error"
@@ -172,6 +198,27 @@ class RunOutcomes:
                     f"({job.branch}) failed: {exc.message}",
                 }
             )
+
+    def _alert_held(
+        self, run: Run, held: tuple[HeldItem, ...], before: list[dict[str, Any]]
+    ) -> None:
+        """Alert when an item is newly held, not on every sync that still holds it."""
+        if self.alerts is None or not {h.item for h in held} - {b.get("item") for b in before}:
+            return
+        job = run.job
+        self.alerts.send(
+            {
+                "event": "items_held",
+                "workspace": job.workspace,
+                "remote": job.remote_url,
+                "branch": job.branch,
+                "job_id": run.job_id,
+                "held_items": [h.to_dict() for h in held],
+                "message": f"Backup of workspace '{job.workspace}' to {job.remote_url} "
+                f"({job.branch}) holds back {len(held)} item(s) with possible secrets: "
+                + "; ".join(h.describe() for h in held),
+            }
+        )
 
     def _complete_owed(self, run: Run) -> None:
         # Jobs of this target cut off by a shutdown or a crash are done now:

@@ -11,13 +11,16 @@ applies to them too.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
@@ -60,6 +63,9 @@ class RestoreResult:
     applied: bool
     changes: list[dict[str, str]]
     skipped_deletions: list[dict[str, str]] = field(default_factory=list)
+    # Items the last sync to this branch held back for possible secrets: the
+    # backup has them at an older version, or not at all.
+    held: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -71,6 +77,8 @@ class RestoreResult:
             "changes": self.changes,
             "items": _items(self.changes),
             "skipped_deletions": self.skipped_deletions,
+            "held_items": self.held,
+            **({"held_note": held_note(self.held)} if self.held else {}),
             "counts": {
                 kind: sum(1 for c in self.changes if c["type"] == kind)
                 for kind in ("added", "edited", "deleted")
@@ -78,9 +86,22 @@ class RestoreResult:
         }
 
 
+def held_note(held: list[dict[str, Any]]) -> str:
+    names = "; ".join(f"{h.get('item')} ({h.get('backed_up')})" for h in held)
+    return (
+        f"The backup lacks the current version of {len(held)} item(s): its last sync held "
+        f"them back for possible secrets, so it has an older version or none: {names}"
+    )
+
+
+# Given the remote, the branch and the path prefix: what their last sync held back.
+HeldLookup = Callable[[str, str, str], list[dict[str, Any]]]
+
+
 class RestoreService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, held_lookup: HeldLookup | None = None) -> None:
         self.settings = settings
+        self.held_lookup = held_lookup
         self.wmill = WmillCli(settings)
         self.locks = TargetLocks(settings.data_dir / "locks")
 
@@ -105,7 +126,13 @@ class RestoreService:
                 redactor=job.redactor(),
                 deadline=deadline,
             ) as repo:
-                return self._restore_from(job, repo, deadline)
+                result = self._restore_from(job, repo, deadline)
+        if self.held_lookup is None:
+            return result
+        held = self.held_lookup(
+            job.remote_url, job.git_ref.removeprefix("refs/heads/"), job.path_prefix
+        )
+        return dataclasses.replace(result, held=held)
 
     def _restore_from(self, job: RestoreJob, repo: GitRepo, deadline: Deadline) -> RestoreResult:
         repo.ensure_initialized()

@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 from detect_secrets.core.scan import scan_file
-from detect_secrets.settings import transient_settings
+from detect_secrets.settings import cache_bust, configure_settings_from_baseline
+from detect_secrets.transformers import get_transformed_file
 
 from gitsync.config import SecretScanPolicy as Policy
+from gitsync.deadline import Deadline
+from gitsync.sync import detectors, lookalikes
 from gitsync.windmill import items
 
 # Detectors of one provider's key format: a match is almost surely a secret.
@@ -56,16 +60,31 @@ HIGH_CONFIDENCE_DETECTORS = (
     "TelegramBotTokenDetector",
     "TwilioKeyDetector",
 )
+# Ours, for what detect-secrets does not know (detectors.py).
+OUR_DETECTORS: tuple[Any, ...] = (detectors.GitHubFineGrainedTokenDetector,)
 # Off unless configured: in scripts they mostly find hashes, ids and lock files.
 ENTROPY_DETECTORS = (
     {"name": "Base64HighEntropyString", "limit": 4.5},
     {"name": "HexHighEntropyString", "limit": 3.0},
 )
 ALLOWLIST_COMMENT = "pragma: allowlist secret"
+# detect-secrets' own filters, but one: its "indirect reference" heuristic
+# drops any match on a line shaped ``x = f(...)``, made for its keyword
+# detector; for a provider's key it drops ``OpenAI(api_key="sk-…")``.
+BUILT_IN_FILTERS = (
+    "detect_secrets.filters.allowlist.is_line_allowlisted",
+    "detect_secrets.filters.heuristic.is_sequential_string",
+    "detect_secrets.filters.heuristic.is_potential_uuid",
+    "detect_secrets.filters.heuristic.is_likely_id_string",
+    "detect_secrets.filters.heuristic.is_templated_secret",
+    "detect_secrets.filters.heuristic.is_prefixed_with_dollar_sign",
+    "detect_secrets.filters.heuristic.is_lock_file",
+    "detect_secrets.filters.heuristic.is_not_alphanumeric_string",
+    "detect_secrets.filters.heuristic.is_swagger_file",
+)
 
-_STRICTNESS = (Policy.OFF, Policy.WARN, Policy.BLOCK)
-# detect-secrets keeps its settings in a process-wide singleton.
-_SETTINGS_LOCK = threading.Lock()
+# From the loosest to the strictest: hold pushes less than warn, block nothing.
+_STRICTNESS = (Policy.OFF, Policy.WARN, Policy.HOLD, Policy.BLOCK)
 
 
 def effective_policy(operator: Policy, requested: Policy | None, *, may_loosen: bool) -> Policy:
@@ -91,46 +110,113 @@ class Finding:
         return f"{self.item}: {self.file} line {self.line} ({self.detector})"
 
 
+@dataclass(frozen=True)
+class HeldItem:
+    """An item kept out of a sync for its findings; the backup has an older version, or none."""
+
+    item: str  # as findings name it: "script f/team/etl", or the file
+    files: tuple[str, ...]  # the repository paths kept as they were
+    previous: bool  # the backup keeps an older version (else: not at all)
+    findings: tuple[Finding, ...]
+
+    @property
+    def backed_up(self) -> str:
+        return "older version" if self.previous else "not at all"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "item": self.item,
+            "backed_up": self.backed_up,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+    def describe(self) -> str:
+        where = ", ".join(f"{f.file} line {f.line} ({f.detector})" for f in self.findings)
+        kept = "its previous version" if self.previous else "no copy"
+        return f"{self.item} ({where}; the backup keeps {kept})"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HeldItem:
+        findings = tuple(
+            Finding(str(f["file"]), int(f["line"]), str(f["detector"]), str(data["item"]))
+            for f in data["findings"]
+        )
+        return cls(str(data["item"]), (), data["backed_up"] == "older version", findings)
+
+
 class SecretScanner:
     def __init__(self, *, entropy: bool = False) -> None:
         plugins: list[dict[str, object]] = [{"name": n} for n in HIGH_CONFIDENCE_DETECTORS]
+        plugins.extend(
+            {"name": cls.__name__, "path": f"file://{detectors.__file__}"} for cls in OUR_DETECTORS
+        )
         if entropy:
             plugins.extend(dict(p) for p in ENTROPY_DETECTORS)
-        self._config = {"plugins_used": plugins}
+        self._config = {
+            "plugins_used": plugins,
+            "filters_used": [{"path": path} for path in (*BUILT_IN_FILTERS, *lookalikes.FILTERS)],
+        }
         # The keyed detectors are line regexes: a file none of them matches
-        # anywhere cannot hold a finding, and skips the scanner's per-file
-        # work (its filters and YAML parsing: ~5 ms a file, most of a first
-        # sync's scan). The entropy detectors have no such regex.
-        self._screen = None if entropy else _screen(HIGH_CONFIDENCE_DETECTORS)
+        # in any line the scanner would read cannot hold a finding, and
+        # skips the scanner's per-file work (its filters: ~5 ms a file, most
+        # of a first sync's scan). The entropy detectors have no such regex.
+        self._screen = None if entropy else _screen(HIGH_CONFIDENCE_DETECTORS, OUR_DETECTORS)
+        # Names what this scanner finds, for the skip check's record.
+        self.name = "entropy" if entropy else "keyed"
 
-    def scan(self, files: Mapping[str, str], prefix: str = "") -> list[Finding]:
+    def scan(
+        self, files: Mapping[str, str], prefix: str = "", deadline: Deadline | None = None
+    ) -> list[Finding]:
         """Findings in ``files`` (path in the export -> path on disk), in path and line order.
 
         ``prefix`` is where the export lives in the repository, so that a
-        finding names the file as the repository shows it.
+        finding names the file as the repository shows it. The sync's
+        ``deadline`` is checked before each file.
         """
         findings: list[Finding] = []
-        with _SETTINGS_LOCK, transient_settings(self._config):
-            for rel in sorted(files):
-                ref = items.item_of(rel)
-                item = f"{ref.kind} {ref.path}" if ref else rel
-                shown = f"{prefix}/{rel}" if prefix else rel
-                if self._screen is not None and not _may_hold_a_secret(files[rel], self._screen):
-                    continue
-                for secret in scan_file(files[rel]):
-                    findings.append(Finding(shown, secret.line_number, secret.type, item))
+        for rel in sorted(files):
+            if deadline is not None:
+                deadline.for_command(float("inf"))  # raises once the sync is out of time
+            if self._screen is not None and not _may_hold_a_secret(files[rel], self._screen):
+                continue
+            ref = items.item_of(rel)
+            item = f"{ref.kind} {ref.path}" if ref else rel
+            shown = f"{prefix}/{rel}" if prefix else rel
+            with _settings(self._config):
+                found = [(s.line_number, s.type) for s in scan_file(files[rel])]
+            findings.extend(Finding(shown, line, detector, item) for line, detector in found)
         findings.sort(key=lambda f: (f.file, f.line, f.detector))
         return findings
 
 
-def _screen(detectors: tuple[str, ...]) -> list[re.Pattern[str]]:
+# detect-secrets keeps its settings in a process-wide singleton: one file is
+# scanned at a time, and the settings change only when another configuration
+# (a scanner with the entropy detectors, in tests) asks for them. So
+# concurrent syncs take turns file by file, never a whole scan each.
+_SETTINGS_LOCK = threading.Lock()
+_active_config: list[dict[str, Any]] = []
+
+
+@contextmanager
+def _settings(config: dict[str, Any]) -> Iterator[None]:
+    with _SETTINGS_LOCK:
+        if _active_config != [config]:
+            cache_bust()
+            # Which classes exist depends on the plugins configured (ours is a file).
+            get_mapping_from_secret_type_to_class.cache_clear()
+            configure_settings_from_baseline(config)
+            _active_config[:] = [config]
+        yield
+
+
+def _screen(names: tuple[str, ...], ours: tuple[Any, ...]) -> list[re.Pattern[str]]:
     """The detectors' own regexes, one per set of flags, made to work on a whole file."""
     # detect-secrets ships no type hints: its classes are Any here.
     plugin_classes: list[Any] = list(get_mapping_from_secret_type_to_class().values())
     classes: dict[str, Any] = {c.__name__: c for c in plugin_classes}
     by_flags: dict[int, list[str]] = {}
-    for name in detectors:
-        for pattern in classes[name]().denylist:
+    for cls in [classes[name] for name in names] + list(ours):
+        for pattern in cls().denylist:
             by_flags.setdefault(pattern.flags, []).append(pattern.pattern)
     # MULTILINE: a pattern anchored to a line's start or end still is.
     return [
@@ -140,6 +226,21 @@ def _screen(detectors: tuple[str, ...]) -> list[re.Pattern[str]]:
 
 
 def _may_hold_a_secret(path: str, screen: list[re.Pattern[str]]) -> bool:
-    with open(path, "rb") as handle:
-        text = handle.read().decode("utf-8", errors="replace")
-    return any(pattern.search(text) for pattern in screen)
+    """Whether a detector's regex matches any line the scanner would read in ``path``.
+
+    The lines are the scanner's own: it decodes YAML (``"\\x67hp_…"`` is a
+    GitHub token there) and reads config-like files as key = "value", so
+    matching the raw bytes could miss what it finds. Reading them costs a
+    parse, not the per-line filters the screen saves.
+    """
+    try:
+        with open(path) as handle:
+            passes = [get_transformed_file(handle)]  # type: ignore[arg-type]
+            handle.seek(0)
+            raw = handle.read()
+            handle.seek(0)
+            passes.append(get_transformed_file(handle, use_eager_transformers=True))  # type: ignore[arg-type]
+    except UnicodeDecodeError:
+        return False  # the scanner skips files that are not text, too
+    texts = [raw, *("\n".join(lines) for lines in passes if lines)]
+    return any(pattern.search(text) for text in texts for pattern in screen)

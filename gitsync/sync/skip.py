@@ -42,6 +42,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
@@ -76,6 +77,10 @@ class PullRecord:
     tip: str
     exchanges: tuple[tuple[Request, str], ...]  # each request with its answer's digest
     service: str = ""
+    # The secret scan's policy and detectors: they decide what is committed too.
+    scan: str = ""
+    # The items that sync held back (SECRET_SCAN=hold): still held while nothing changes.
+    held: tuple[dict[str, Any], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(
@@ -87,6 +92,8 @@ class PullRecord:
                 "export": self.export,
                 "tip": self.tip,
                 "service": self.service,
+                "scan": self.scan,
+                "held": list(self.held),
                 "exchanges": [
                     {"request": r.to_json(), "answer": digest} for r, digest in self.exchanges
                 ],
@@ -107,6 +114,8 @@ class PullRecord:
                 export=str(data["export"]),
                 tip=str(data["tip"]),
                 service=str(data["service"]),
+                scan=str(data.get("scan", "")),
+                held=tuple(dict(h) for h in data.get("held", [])),
                 exchanges=tuple(
                     (Request.from_json(e["request"]), str(e["answer"])) for e in data["exchanges"]
                 ),
@@ -130,13 +139,21 @@ class Decision:
     tip_known: bool = False
     # Filled in after the pull: what the CLI was answered, for the next record.
     exchanges: list[Exchange] = field(default_factory=list)
+    # On a skip: the items the last sync held back, held still.
+    held: tuple[dict[str, Any], ...] = ()
 
 
 class PullGate:
     """The skip check and the record of one target (its directory ``root``)."""
 
     def __init__(
-        self, settings: Settings, root: Path, export_dir: Path, wmill_yaml: str, path_prefix: str
+        self,
+        settings: Settings,
+        root: Path,
+        export_dir: Path,
+        wmill_yaml: str,
+        path_prefix: str,
+        scan: str = "",
     ) -> None:
         self.settings = settings
         self.path = root / RECORD_FILE
@@ -146,6 +163,7 @@ class PullGate:
         self.index = FileIndex.load(self.index_path)
         self.wmill_yaml = _sha(wmill_yaml.encode())
         self.path_prefix = path_prefix
+        self.scan = scan
         self.upstream = Upstream(settings.windmill_base_url, extra_ca=settings.node_extra_ca_certs)
 
     def check(
@@ -167,6 +185,8 @@ class PullGate:
             return Decision(False, "scope changed")
         if record.path_prefix != self.path_prefix:
             return Decision(False, "path prefix changed")
+        if record.scan != self.scan:
+            return Decision(False, "secret scan policy changed")
         export, files = export_state(self.export_dir, self.index)
         if record.export != export:
             return Decision(False, "export directory changed")
@@ -191,13 +211,15 @@ class PullGate:
         if self.index.hashed:
             # Files the last sync wrote just before it ended are trusted now.
             self.index.save(self.index_path, files)
-        return Decision(True, None, tip=tip, tip_known=True)
+        return Decision(True, None, tip=tip, tip_known=True, held=record.held)
 
     def forget(self) -> None:
         """Before a pull runs: a sync that fails from here on leaves no record."""
         self.path.unlink(missing_ok=True)
 
-    def remember(self, exchanges: list[Exchange], tip: str | None) -> None:
+    def remember(
+        self, exchanges: list[Exchange], tip: str | None, held: tuple[dict[str, Any], ...] = ()
+    ) -> None:
         if tip is None:
             return
         export, files = export_state(self.export_dir, self.index)
@@ -209,6 +231,8 @@ class PullGate:
             export=export,
             tip=tip,
             service=SERVICE_VERSION,
+            scan=self.scan,
+            held=held,
             exchanges=tuple(
                 (e.request, e.digest_once)
                 for e in sorted(exchanges, key=lambda e: (e.request.target, e.request.headers))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gitsync.config import Settings
+from gitsync.config import SecretScanPolicy, Settings
 from gitsync.deadline import Deadline
 from gitsync.errors import CommandError, GitError
 from gitsync.git.file_index import FileIndex
@@ -35,7 +35,7 @@ from gitsync.secrets import Redactor
 from gitsync.sync import commits, guards, readme
 from gitsync.sync.base import choose_base
 from gitsync.sync.job import CommitInfo, Progress, SyncJob, SyncResult
-from gitsync.sync.scan import Finding, SecretScanner
+from gitsync.sync.scan import Finding, HeldItem, SecretScanner
 from gitsync.sync.skip import Decision, PullGate
 from gitsync.windmill import items, mirror
 from gitsync.windmill.recorder import PassThrough
@@ -70,6 +70,10 @@ class TargetSync:
     # The export's file index: the skip check's, lent to the stage step.
     index: FileIndex = field(default_factory=FileIndex)
 
+    @property
+    def policy(self) -> SecretScanPolicy:
+        return guards.secret_policy(self.settings, self.job)
+
     def run(self) -> SyncResult:
         job, repo = self.job, self.repo
         # 1. Pull first, with this request's own token: nothing is pushed
@@ -77,12 +81,26 @@ class TargetSync:
         self.report("pulling")
         export_dir = self.root / "export"
         gate = PullGate(
-            self.settings, self.root, export_dir, job.scope.wmill_yaml(), job.path_prefix
+            self.settings,
+            self.root,
+            export_dir,
+            job.scope.wmill_yaml(),
+            job.path_prefix,
+            scan=f"{self.policy}:{self.scanner.name}",
         )
         self.index = gate.index
         pulled = self.pull(gate)
         if pulled.skip:
-            return self._result(False, pulled.tip, (), pull="skipped")
+            # Nothing changed: what was held back is held still, and said again.
+            held = tuple(HeldItem.from_dict(h) for h in pulled.held)
+            return self._result(
+                False,
+                pulled.tip,
+                (),
+                pull="skipped",
+                held=held,
+                secret_findings=tuple(f for h in held for f in h.findings),
+            )
         # The remote is asked for its tip (a network round trip) while the
         # export is checked and the commit prepared on the tip we expect (the
         # disk); only now that the pull has proved the request's Windmill
@@ -122,7 +140,7 @@ class TargetSync:
                 )
                 repo.recover_after_crash()
                 result = self._commit_and_push(export, readme_text)
-        gate.remember(pulled.exchanges, result.commit)
+        gate.remember(pulled.exchanges, result.commit, tuple(h.to_dict() for h in result.held))
         return dataclasses.replace(result, pull="ran", pull_reason=pulled.reason)
 
     def pull(self, gate: PullGate) -> Decision:
@@ -203,13 +221,15 @@ class TargetSync:
             base_tree = repo.tree_of(base)
             made: list[CommitInfo] = []
             findings: tuple[Finding, ...] = ()
-            if base is not None and tree == base_tree:
-                if base == tip:
-                    return self._result(False, tip, ())
-                head = base  # earlier commits here that never reached the remote
-            else:
-                made, findings = self.commit(export, base, base_tree, tree)
+            held: tuple[HeldItem, ...] = ()
+            if base is None or tree != base_tree:
+                made, findings, held, tree = self.commit(export, base, base_tree, tree)
+            if made:
                 head = made[-1].commit
+            elif base is None or base == tip:
+                return self._result(False, tip, (), secret_findings=findings, held=held)
+            else:
+                head = base  # earlier commits here that never reached the remote
             self.report("pushing")
             outcome = self.push(head, tip)
             if outcome.ok:
@@ -223,6 +243,7 @@ class TargetSync:
                     commits=tuple(made),
                     items=tuple(commits.item_changes(changes, job.path_prefix)),
                     secret_findings=findings,
+                    held=held,
                 )
             log.info(
                 "push of %s rejected: the remote moved on (attempt %d of %d)",
@@ -246,16 +267,28 @@ class TargetSync:
 
     def commit(
         self, export: dict[str, str], base: str | None, base_tree: str, tree: str
-    ) -> tuple[list[CommitInfo], tuple[Finding, ...]]:
-        """Step 3: the refusals first, then one commit per author, on ``base``."""
+    ) -> tuple[list[CommitInfo], tuple[Finding, ...], tuple[HeldItem, ...], str]:
+        """Step 3: the refusals first, then one commit per author, on ``base``.
+
+        Returns the commits (none if only held items changed), the secret
+        findings, the items held back for them, and the tree committed.
+        """
         job, repo = self.job, self.repo
         changes = repo.diff_trees(base_tree, tree)
         if not job.allow_mass_deletion:
             guards.check_mass_deletion(self.settings, repo, base, changes, job.path_prefix)
-        findings = guards.scan_for_secrets(self.settings, self.scanner, job, changes, export)
+        findings = guards.scan_for_secrets(
+            self.settings, self.scanner, job, changes, export, self.deadline
+        )
+        held: tuple[HeldItem, ...] = ()
+        if findings and self.policy is SecretScanPolicy.HOLD:
+            tree, held = guards.hold_back(repo, base_tree, tree, changes, findings, job.path_prefix)
+            changes = repo.diff_trees(base_tree, tree)
+            if not changes:
+                return [], findings, held, tree
         made = commits.commit_by_author(self.settings, job, repo, base, base_tree, tree, changes)
         repo.update_ref(repo.local_ref, made[-1].commit, reason="windmill-git-sync: commit")
-        return made, findings
+        return made, findings, held, tree
 
     def push(self, head: str, tip: str | None) -> PushOutcome:
         """Step 4: the remote's branch from ``tip`` to ``head``, compare-and-swap, never forced."""

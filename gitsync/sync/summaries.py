@@ -8,12 +8,13 @@ are pruned to JOB_HISTORY, these rows never are.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 from dataclasses import dataclass
 from typing import Any
 
-from gitsync.ops.metrics import target_label
+from gitsync.ops.metrics import BACKED_UP, target_label
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS target_summary (
@@ -27,12 +28,14 @@ CREATE TABLE IF NOT EXISTS target_summary (
     -- success | noop | error | refused, as the metrics count them
     last_outcome     TEXT NOT NULL,
     -- the last success a staleness alert was sent about
-    stale_alert_for  REAL
+    stale_alert_for  REAL,
+    -- JSON: the items the last sync held back for possible secrets
+    held             TEXT NOT NULL DEFAULT '[]'
 );
 """
 
 # How a finished job's state reads as a metrics outcome (for the upgrade below).
-_OUTCOME_OF_STATE = {"failed": "error", "refused": "refused"}
+_OUTCOME_OF_STATE = {"failed": "error", "refused": "refused", "partial": "partial"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,13 @@ class TargetSummary:
     last_attempt_at: float
     last_outcome: str
     stale_alert_for: float | None
+    held_json: str = "[]"
+
+    @property
+    def held(self) -> list[dict[str, Any]]:
+        """The items the last sync held back (HeldItem.to_dict), never a value."""
+        data = json.loads(self.held_json or "[]")
+        return data if isinstance(data, list) else []
 
 
 class TargetSummaries:
@@ -61,6 +71,11 @@ class TargetSummaries:
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='target_summary'"
         ).fetchone()
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(target_summary)")}
+        if "held" not in columns:  # a database from before SECRET_SCAN=hold
+            self._db.execute(
+                "ALTER TABLE target_summary ADD COLUMN held TEXT NOT NULL DEFAULT '[]'"
+            )
         if not had_summary:
             self._summarise_existing_jobs()
 
@@ -74,25 +89,62 @@ class TargetSummaries:
         branch: str,
         outcome: str,
         at: float,
-    ) -> None:
-        """Fold one finished sync into its target's summary."""
-        succeeded = outcome in ("success", "noop")
+        held: list[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Fold one finished sync into its target's summary; return the items held before.
+
+        ``held`` is what a sync that pushed held back (None: a failed sync,
+        which changes nothing of what the backup holds).
+        """
+        succeeded = outcome in BACKED_UP
         with self._lock:
+            before = self._db.execute(
+                "SELECT held FROM target_summary WHERE target=?", (target,)
+            ).fetchone()
+            held_json = json.dumps(held) if held is not None else (before[0] if before else "[]")
             self._db.execute(
                 "INSERT INTO target_summary (target, label, workspace, remote, branch, "
-                "last_success_at, last_attempt_at, last_outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "last_success_at, last_attempt_at, last_outcome, held) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (target) DO UPDATE SET label=excluded.label, "
                 "workspace=excluded.workspace, remote=excluded.remote, branch=excluded.branch, "
                 "last_success_at=COALESCE(excluded.last_success_at, last_success_at), "
-                "last_attempt_at=excluded.last_attempt_at, last_outcome=excluded.last_outcome",
-                (target, label, workspace, remote, branch, at if succeeded else None, at, outcome),
+                "last_attempt_at=excluded.last_attempt_at, last_outcome=excluded.last_outcome, "
+                "held=excluded.held",
+                (
+                    target,
+                    label,
+                    workspace,
+                    remote,
+                    branch,
+                    at if succeeded else None,
+                    at,
+                    outcome,
+                    held_json,
+                ),
             )
+        previous = json.loads(before[0]) if before else []
+        return previous if isinstance(previous, list) else []
+
+    def held_at(self, remote: str, branch: str, path_prefix: str) -> list[dict[str, Any]]:
+        """What the last syncs to this branch (and prefix) held back: a restore lacks it."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT workspace, label, held FROM target_summary WHERE remote=? AND branch=?",
+                (remote, branch),
+            ).fetchall()
+        held: list[dict[str, Any]] = []
+        for workspace, label, held_json in rows:
+            if label == target_label(workspace, remote, branch, path_prefix):
+                data = json.loads(held_json or "[]")
+                held.extend(data if isinstance(data, list) else [])
+        return held
 
     def all(self) -> list[TargetSummary]:
         with self._lock:
             rows = self._db.execute(
                 "SELECT target, label, workspace, remote, branch, last_success_at, "
-                "last_attempt_at, last_outcome, stale_alert_for FROM target_summary "
+                "last_attempt_at, last_outcome, stale_alert_for, held FROM target_summary "
                 "ORDER BY target"
             ).fetchall()
         return [TargetSummary(*row) for row in rows]
@@ -111,14 +163,15 @@ class TargetSummaries:
         # target's label lacks it until that target's next sync.
         rows = self._db.execute(
             "SELECT target, workspace, remote, branch, state, changed, finished_at FROM jobs "
-            "WHERE state IN ('succeeded', 'failed', 'refused') AND finished_at IS NOT NULL "
+            "WHERE state IN ('succeeded', 'partial', 'failed', 'refused') "
+            "AND finished_at IS NOT NULL "
             "ORDER BY finished_at"
         ).fetchall()
         summaries: dict[str, tuple[Any, ...]] = {}
         last_success: dict[str, float] = {}
         for target, workspace, remote, branch, state, changed, finished_at in rows:
-            if state == "succeeded":
-                outcome = "success" if changed else "noop"
+            if state in ("succeeded", "partial"):
+                outcome = "partial" if state == "partial" else "success" if changed else "noop"
                 last_success[target] = finished_at
             else:
                 outcome = _OUTCOME_OF_STATE[state]

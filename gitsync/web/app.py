@@ -60,6 +60,12 @@ PUBLIC_PATHS = frozenset({"/health", "/ready"})
 REFUSED_WHILE_DRAINING = frozenset({("POST", "/sync"), ("POST", "/restore"), ("POST", "/history")})
 
 
+# A sync that pushed everything but the items held for secrets (restic's exit
+# code 3, borg's warning): not 2xx, so that a caller checking only the status
+# (the Windmill kit's script) fails its run and the owner sees it.
+HELD_STATUS = 422
+
+
 def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -83,7 +89,7 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
         AlertSender(settings.alert_webhook_url.reveal()) if settings.alert_webhook_url else None
     )
     runner = SyncRunner(service, store, settings, metrics, alerts)
-    restorer = RestoreService(settings)
+    restorer = RestoreService(settings, held_lookup=store.target_summaries.held_at)
     readiness = Readiness(settings)
     if alerts is not None:
         watchdog = Watchdog(
@@ -163,13 +169,19 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
             response.headers["Location"] = f"/jobs/{ticket.job_id}"
             return response
         result = ticket.run.future.result()  # the runner logs and counts it
-        return jsonify(
-            success=True,
+        held = bool(result.all_held)
+        response = jsonify(
+            success=not held,
             message=success_message(result),
             job_id=ticket.job_id,
             coalesced=ticket.coalesced,
+            # Pushed, but not whole: a caller that reads only the status or
+            # "success" must not take it for a complete backup.
+            **({"error": "secrets_held", "partial": True} if held else {}),
             **result.to_dict(),
         )
+        response.status_code = HELD_STATUS if held else 200
+        return response
 
     @app.post("/restore")
     def restore() -> Any:

@@ -168,7 +168,7 @@ class SyncRequest(_TargetRequest):
     include_users: bool = False
     include_settings: bool = False
     # Narrows SECRET_SCAN for this sync (looser only where the operator allows it).
-    secret_scan: Literal["block", "warn", "off"] | None = None
+    secret_scan: Literal["hold", "block", "warn", "off"] | None = None
 
     _excludes = field_validator("excludes", mode="before")(path_patterns)
 

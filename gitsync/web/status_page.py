@@ -27,7 +27,7 @@ _TEMPLATE = """<!doctype html>
  .ws{font-weight:600;font-size:16px} .remote{color:#556;word-break:break-all;font-size:13px}
  dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:8px 0}
  dt{color:#667} dd{margin:0;word-break:break-word}
- .err{color:#b3261e} code{font-size:13px}
+ .err{color:#b3261e} code{font-size:13px} ul.held{margin:2px 0;padding-left:18px}
  svg{display:block;max-width:100%} .empty{color:#667}
 </style></head><body>
 <header><h1>windmill-git-sync</h1>
@@ -44,6 +44,7 @@ _TEMPLATE = """<!doctype html>
   <dt>State</dt><dd>{{ t.state }}</dd>
   {% if t.owed_jobs %}<dt>Owed run</dt><dd class="err">{{ t.owed_jobs }} interrupted sync{{ '' if t.owed_jobs == 1 else 's' }}: the next sync of this target completes {{ 'it' if t.owed_jobs == 1 else 'them' }}</dd>{% endif %}
   {% if t.last_error %}<dt>Last error</dt><dd class="err">{{ t.last_error }}</dd>{% endif %}
+  {% if t.held %}<dt>Held back</dt><dd class="err">{{ t.held|length }} item{{ '' if t.held|length == 1 else 's' }} with possible secrets, not backed up as they are now:<ul class="held">{% for h in t.held %}<li>{{ h.item }} ({{ h.backed_up }}): {% for f in h.findings %}{{ f.file }} line {{ f.line }} ({{ f.detector }}){{ '' if loop.last else ', ' }}{% endfor %}</li>{% endfor %}</ul></dd>{% endif %}
  </dl>
  <svg width="{{ 30 * 9 }}" height="44" role="img" aria-label="last {{ t.recent|length }} syncs">
  {% for bar in t.bars %}<rect x="{{ loop.index0 * 9 }}" y="{{ 44 - bar.h }}" width="7" height="{{ bar.h }}" fill="{{ bar.color }}"><title>{{ bar.title }}</title></rect>{% endfor %}
@@ -55,6 +56,7 @@ _TEMPLATE = """<!doctype html>
 
 _COLORS = {
     "succeeded": "#2d9d5a",
+    "partial": "#d89614",
     "failed": "#d0342c",
     "refused": "#d89614",
     "interrupted": "#8a8f98",
@@ -79,7 +81,7 @@ def render(targets: list[dict[str, Any]], stale_after: float) -> str:
         ]
         health = (
             "bad"
-            if t["last_error"]
+            if t["last_error"] or t.get("held")
             else "stale"
             if last is None or now - last > stale_after
             else "ok"
