@@ -8,6 +8,9 @@
 #
 # Optional build arguments:
 #   BASE_IMAGE     a Debian bookworm image; the official slim one by default.
+#   VERSION        the version label; setup.cfg's by default (keep them equal).
+#   SOURCE_URL, REVISION
+#                  the repository URL and commit for the OCI labels (CI sets them).
 #   PIP_INDEX_URL  a PyPI mirror. Packages are checked against the hashes in
 #                  requirements/runtime.txt whatever the index.
 #   NPM_REGISTRY   an npm registry mirror. Node, npm and the wmill CLI are
@@ -147,3 +150,18 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; h = os.environ.get('HOST') or '127.0.0.1'; h = '127.0.0.1' if h in ('0.0.0.0', '::') else h; h = '[' + h + ']' if ':' in h else h; urllib.request.urlopen('http://%s:%s/health' % (h, os.environ.get('PORT', '8080')), timeout=4)"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["windmill-git-sync", "serve"]
+
+# What the image is, as OCI annotations (docker inspect, registries); last, so
+# a new version reuses every layer above. VERSION's default is setup.cfg's
+# version (tests/test_version.py holds them equal), so a plain `docker build`
+# is labelled right; CI passes SOURCE_URL and REVISION, the repository and
+# commit it builds. Title, description and licence are setup.cfg's too.
+ARG VERSION=0.1.0
+ARG SOURCE_URL=""
+ARG REVISION=""
+LABEL org.opencontainers.image.title="windmill-git-sync" \
+      org.opencontainers.image.description="Back up Windmill workspaces to any Git host over HTTPS, triggered by a webhook." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.revision="${REVISION}"
