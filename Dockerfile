@@ -24,8 +24,12 @@ ARG BASE_IMAGE=debian:bookworm-slim
 
 # --- What the runtime needs; the build stages start from it as well ---------
 # No git: the service speaks Git in-process (dulwich), so neither git nor the
-# Perl it pulls in is installed.
+# Perl it pulls in is installed. Debian's packages are not pinned to versions
+# (hadolint DL3008): a stable release keeps one version of each, replaced by
+# its security updates, so a pinned version vanishes from the mirror and the
+# build breaks exactly when an update matters.
 FROM ${BASE_IMAGE} AS runtime-base
+# hadolint ignore=DL3008
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends ca-certificates python3 tini; \
@@ -36,6 +40,7 @@ RUN set -eux; \
     mkdir /data; chown 10001:10001 /data; chmod 0750 /data
 
 FROM runtime-base AS build-base
+# hadolint ignore=DL3008
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends binutils python3-venv python3-setuptools python3-wheel; \
@@ -108,6 +113,7 @@ RUN --mount=type=secret,id=extra_ca,required=false --mount=type=tmpfs,target=/tm
         --index-url "$PIP_INDEX_URL" --require-hashes -r /src/requirements/runtime.txt
 COPY pyproject.toml setup.cfg README.md /src/
 COPY gitsync /src/gitsync
+WORKDIR /src
 # The project itself is built offline, by Debian's setuptools. Then the
 # bytecode caches are made again for what the service imports only: the
 # root filesystem is read-only, so those are the ones that count, and the
@@ -116,7 +122,6 @@ COPY gitsync /src/gitsync
 # symbols (PyYAML's alone are 2.3 MB).
 RUN --mount=type=tmpfs,target=/tmp \
     set -eux; \
-    cd /src; \
     python3 -c 'from setuptools import build_meta; build_meta.build_wheel("/tmp/dist")'; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-input \
         --no-index --no-deps /tmp/dist/*.whl; \
