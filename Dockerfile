@@ -8,6 +8,9 @@
 #
 # Optional build arguments:
 #   BASE_IMAGE     a Debian bookworm image; the official slim one by default.
+#   VERSION        the version label; setup.cfg's by default (keep them equal).
+#   SOURCE_URL, REVISION
+#                  the repository URL and commit for the OCI labels (CI sets them).
 #   PIP_INDEX_URL  a PyPI mirror. Packages are checked against the hashes in
 #                  requirements/runtime.txt whatever the index.
 #   NPM_REGISTRY   an npm registry mirror. Node, npm and the wmill CLI are
@@ -21,8 +24,12 @@ ARG BASE_IMAGE=debian:bookworm-slim
 
 # --- What the runtime needs; the build stages start from it as well ---------
 # No git: the service speaks Git in-process (dulwich), so neither git nor the
-# Perl it pulls in is installed.
+# Perl it pulls in is installed. Debian's packages are not pinned to versions
+# (hadolint DL3008): a stable release keeps one version of each, replaced by
+# its security updates, so a pinned version vanishes from the mirror and the
+# build breaks exactly when an update matters.
 FROM ${BASE_IMAGE} AS runtime-base
+# hadolint ignore=DL3008
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends ca-certificates python3 tini; \
@@ -33,6 +40,7 @@ RUN set -eux; \
     mkdir /data; chown 10001:10001 /data; chmod 0750 /data
 
 FROM runtime-base AS build-base
+# hadolint ignore=DL3008
 RUN set -eux; \
     apt-get update; \
     apt-get install -y --no-install-recommends binutils python3-venv python3-setuptools python3-wheel; \
@@ -105,6 +113,7 @@ RUN --mount=type=secret,id=extra_ca,required=false --mount=type=tmpfs,target=/tm
         --index-url "$PIP_INDEX_URL" --require-hashes -r /src/requirements/runtime.txt
 COPY pyproject.toml setup.cfg README.md /src/
 COPY gitsync /src/gitsync
+WORKDIR /src
 # The project itself is built offline, by Debian's setuptools. Then the
 # bytecode caches are made again for what the service imports only: the
 # root filesystem is read-only, so those are the ones that count, and the
@@ -113,7 +122,6 @@ COPY gitsync /src/gitsync
 # symbols (PyYAML's alone are 2.3 MB).
 RUN --mount=type=tmpfs,target=/tmp \
     set -eux; \
-    cd /src; \
     python3 -c 'from setuptools import build_meta; build_meta.build_wheel("/tmp/dist")'; \
     /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check --no-input \
         --no-index --no-deps /tmp/dist/*.whl; \
@@ -147,3 +155,18 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; h = os.environ.get('HOST') or '127.0.0.1'; h = '127.0.0.1' if h in ('0.0.0.0', '::') else h; h = '[' + h + ']' if ':' in h else h; urllib.request.urlopen('http://%s:%s/health' % (h, os.environ.get('PORT', '8080')), timeout=4)"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["windmill-git-sync", "serve"]
+
+# What the image is, as OCI annotations (docker inspect, registries); last, so
+# a new version reuses every layer above. VERSION's default is setup.cfg's
+# version (tests/test_version.py holds them equal), so a plain `docker build`
+# is labelled right; CI passes SOURCE_URL and REVISION, the repository and
+# commit it builds. Title, description and licence are setup.cfg's too.
+ARG VERSION=0.1.0
+ARG SOURCE_URL=""
+ARG REVISION=""
+LABEL org.opencontainers.image.title="windmill-git-sync" \
+      org.opencontainers.image.description="Back up Windmill workspaces to any Git host over HTTPS, triggered by a webhook." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.revision="${REVISION}"

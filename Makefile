@@ -50,9 +50,13 @@ run: install
 test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# actionlint checks the CI workflow, hadolint the Dockerfile; both are binaries
+# from the dev lock file (no download of their own).
 lint: install-dev
 	$(BIN)/ruff check gitsync tests bench
 	$(BIN)/ruff format --check gitsync tests bench
+	$(BIN)/actionlint .github/workflows/*.yml
+	$(BIN)/hadolint Dockerfile
 
 typecheck: install-dev
 	$(BIN)/mypy

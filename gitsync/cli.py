@@ -23,6 +23,7 @@ from gitsync.sync.history import item_history
 from gitsync.sync.job import success_message
 from gitsync.sync.restore import RestoreService
 from gitsync.sync.service import SyncService
+from gitsync.version import CLI_VERSION, service_version
 from gitsync.web.requests import (
     parse_history_query,
     parse_history_request,
@@ -37,6 +38,13 @@ EXIT_PARTIAL = 3
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="windmill-git-sync", description=__doc__)
+    # Before the subcommand is required and before Settings are read: the
+    # version needs no configuration and touches no DATA_DIR.
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"%(prog)s {service_version()} (windmill-cli {CLI_VERSION})",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the HTTP service (POST /sync, /restore, ...)")
 

@@ -37,6 +37,7 @@ from tests.container.engine import Docker, Unavailable, base_image, cannot_run, 
 from tests.container.image import IMAGE_TAG, LOCAL_CA_DIR, REPO_ROOT, build, extra_ca_bundle
 from tests.container.leak_probe import LeakProbe
 from tests.container.service import UID, ContainerService, compose_run_flags, compose_service
+from tests.project import metadata
 from tests.servers.git_server import GitHttpServer
 from tests.servers.proc_scan import needles_for, scan_tree
 from tests.servers.windmill_emulator import WindmillEmulator
@@ -207,6 +208,7 @@ print(json.dumps({
     "git": subprocess.run(["sh", "-c", "command -v git"], capture_output=True, timeout=60).returncode,
     "ca_bundle": os.path.getsize("/etc/ssl/certs/ca-certificates.crt") > 0,
     "cli_help": out("node", os.environ["WMILL_CLI"], "--help"),
+    "version": out("windmill-git-sync", "--version"),
     "dists": {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()},
     "root_writable": writable,
     "extra_ca_in": holding(os.environ["CA_BODY"].encode()),
@@ -276,6 +278,15 @@ def test_image_is_built_as_promised(
     assert {k: installed.get(k) for k in locked} == locked, "not installed from the lock file"
     assert set(installed) - set(locked) == {"windmill-git-sync"}, "packages not in the lock file"
     assert "waitress" in installed and "gunicorn" not in installed, "waitress is the only server"
+    # One version, setup.cfg's: the installed package, `--version` and the labels.
+    meta = metadata()
+    assert installed["windmill-git-sync"] == meta["version"]
+    assert facts["version"] == f"windmill-git-sync {meta['version']} (windmill-cli {pinned_cli})"
+    labels = config["Labels"]
+    assert labels["org.opencontainers.image.version"] == meta["version"]
+    assert labels["org.opencontainers.image.title"] == meta["name"]
+    assert labels["org.opencontainers.image.description"] == meta["description"]
+    assert labels["org.opencontainers.image.licenses"] == meta["license"]
     assert facts["root_writable"] == [], "the root filesystem is writable"
 
     assert facts["extra_ca_in"] == [], f"the build's extra CA ({LOCAL_CA_DIR}) is in the image"

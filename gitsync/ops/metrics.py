@@ -19,6 +19,8 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from gitsync.version import CLI_VERSION, service_version
+
 OUTCOMES = ("success", "noop", "partial", "error", "refused")
 # Outcomes after which the backup is fresh: "partial" pushed all but the held items.
 BACKED_UP = ("success", "noop", "partial")
@@ -49,6 +51,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # The usual build_info idiom: a constant 1 whose labels say what runs,
+        # to join on (`* on (instance) group_left(version) ...`) or alert on.
+        self.build_info = Gauge(
+            "windmill_git_sync_build_info",
+            "Always 1; the labels are the service's version and the pinned wmill CLI's",
+            ["version", "cli_version"],
+            registry=r,
+        )
+        self.build_info.labels(service_version(), CLI_VERSION).set(1)
         self.syncs = Counter(
             "windmill_git_sync_count",
             "Syncs by outcome and target",

@@ -14,10 +14,10 @@ from gitsync.sync.job import (
     join_prefix,
     strip_prefix,
 )
+from gitsync.version import CLI_VERSION
 from gitsync.windmill import attribution, items
 from gitsync.windmill.api import WindmillApi
 from gitsync.windmill.items import ItemChange, ItemRef
-from gitsync.windmill.wmill import CLI_VERSION
 
 
 def item_changes(changes: list[Change], prefix: str) -> list[ItemChange]:

@@ -34,7 +34,6 @@ The record holds digests, paths and headers, never a token or content.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import logging
 import os
@@ -48,18 +47,15 @@ from gitsync.config import Settings
 from gitsync.deadline import Deadline
 from gitsync.git.file_index import FileIndex
 from gitsync.secrets import Secret
+from gitsync.version import CLI_VERSION, service_version
 from gitsync.windmill.recorder import Exchange, Request, Upstream
-from gitsync.windmill.wmill import CLI_VERSION
 
 log = logging.getLogger(__name__)
 
 RECORD_FILE = "pull-record.json"
 INDEX_FILE = "export-index"
 # The service's own code shapes the commit (README, mirror): a new release pulls.
-try:
-    SERVICE_VERSION = importlib.metadata.version("windmill-git-sync")
-except importlib.metadata.PackageNotFoundError:
-    SERVICE_VERSION = "unknown"
+SERVICE_VERSION = service_version()
 # 2: the export's files are digested by their Git blob ids.
 _FORMAT = 2
 # Caches the CLI's digest by its file's identity: 3.7 MB is not re-read per sync.

@@ -29,8 +29,6 @@ from gitsync.windmill.process import run
 
 log = logging.getLogger(__name__)
 
-CLI_VERSION = "1.819.0"
-
 
 @dataclass(frozen=True)
 class Scope:
