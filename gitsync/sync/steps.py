@@ -32,7 +32,7 @@ from gitsync.git.repo import Change, GitRepo, is_corruption
 from gitsync.git.transport import PushOutcome
 from gitsync.retry import with_retries
 from gitsync.secrets import Redactor
-from gitsync.sync import commits, guards, readme
+from gitsync.sync import commits, coverage_step, guards, readme
 from gitsync.sync.base import choose_base
 from gitsync.sync.job import CommitInfo, Progress, SyncJob, SyncResult
 from gitsync.sync.scan import Finding, SecretScanner
@@ -82,7 +82,10 @@ class TargetSync:
         self.index = gate.index
         pulled = self.pull(gate)
         if pulled.skip:
-            return self._result(False, pulled.tip, (), pull="skipped")
+            # Nothing new: the coverage of the last pull still holds.
+            return self._result(
+                False, pulled.tip, (), pull="skipped", coverage=coverage_step.last(self.root)
+            )
         # The remote is asked for its tip (a network round trip) while the
         # export is checked and the commit prepared on the tip we expect (the
         # disk); only now that the pull has proved the request's Windmill
@@ -122,8 +125,12 @@ class TargetSync:
                 )
                 repo.recover_after_crash()
                 result = self._commit_and_push(export, readme_text)
+        # The lead wires the items the secret scan held (result.held) in here.
+        coverage = coverage_step.of_pull(pulled.exchanges, export, job.scope, held=())
+        # Before the record that lets the next sync skip: a skip answers with it.
+        coverage_step.remember(self.root, coverage)
         gate.remember(pulled.exchanges, result.commit)
-        return dataclasses.replace(result, pull="ran", pull_reason=pulled.reason)
+        return dataclasses.replace(result, pull="ran", pull_reason=pulled.reason, coverage=coverage)
 
     def pull(self, gate: PullGate) -> Decision:
         """Step 1: the workspace into the export directory, with the request's own token.

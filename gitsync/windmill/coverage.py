@@ -263,7 +263,7 @@ def compare(
     skipped_by_policy: Collection[str] = (),
     held: Collection[str] = (),
 ) -> Coverage:
-    """What of ``archive_entries`` (what Windmill exported) ``export_files`` (what the CLI wrote) lacks.
+    """What of ``archive_entries`` (Windmill's export) ``export_files`` (the CLI's) lacks.
 
     ``skipped_by_policy`` are variable paths the secret policy keeps out
     (``policy_skips``); ``held`` the items the secret scan held back, as
