@@ -70,7 +70,12 @@ def watched(
 def add_unknown_kinds(target: Target) -> None:
     target.workspace.add_entry(
         S3_TRIGGER,
-        {"script_path": "f/team/hello_py", "is_flow": False, "bucket": "uploads", "mode": "enabled"},
+        {
+            "script_path": "f/team/hello_py",
+            "is_flow": False,
+            "bucket": "uploads",
+            "mode": "enabled",
+        },
         only_with="include_triggers",
     )
     target.workspace.add_entry(DASHBOARD, {"summary": "Weekly report", "value": {"widgets": []}})
@@ -262,3 +267,26 @@ def test_scope_policy_and_held_items_are_not_gaps() -> None:
     ]
     assert re.search("unknown kind", everything.not_backed_up[0].reason)
     assert not re.search("unknown kind", everything.not_backed_up[1].reason)
+
+
+def test_every_workspace_in_one_request_names_each_gap_by_workspace(
+    watched: ServiceProcess, emulator: WindmillEmulator, git_server: GitHttpServer
+) -> None:
+    token = "wm_two_workspaces_token_5151515151"
+    a, b = new_target(emulator, git_server), new_target(emulator, git_server)
+    b.workspace.add_entry(DASHBOARD, {"summary": "Weekly report", "value": {}})
+    emulator.add_token(token, workspaces={a.workspace_id, b.workspace_id})
+    try:
+        answer = watched.post(
+            "/sync", a.body(windmill_token=token, workspace="*", path_prefix="all")
+        ).json()
+    finally:
+        emulator.remove_token(token)
+
+    assert answer["success"] is True
+    assert gaps(answer) == [{"kind": "dashboard", "path": f"{b.workspace_id}:f/team/weekly_report"}]
+    each = {r["workspace"]: gaps(r) for r in answer["workspaces"]}
+    assert each == {
+        a.workspace_id: [],
+        b.workspace_id: [{"kind": "dashboard", "path": "f/team/weekly_report"}],
+    }

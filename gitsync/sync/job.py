@@ -17,7 +17,7 @@ from gitsync.git.repo import Change, Identity
 from gitsync.git.transport import default_username
 from gitsync.secrets import Redactor, Secret
 from gitsync.sync.scan import Finding
-from gitsync.windmill.coverage import Coverage
+from gitsync.windmill.coverage import Coverage, Gap
 from gitsync.windmill.items import ItemChange
 from gitsync.windmill.version import Versions
 from gitsync.windmill.wmill import Scope
@@ -104,6 +104,21 @@ class SyncResult:
         own = sum(1 for c in self.changes if c.status == status)
         return own + sum(r.count(status) for r in self.workspaces)
 
+    def overall_coverage(self) -> Coverage | None:
+        """The coverage; with workspace "*", every workspace's gaps, paths as ``ws:path``."""
+        if self.workspace != "*":
+            return self.coverage
+        known = [(r.workspace, r.coverage) for r in self.workspaces if r.coverage is not None]
+        if not known:
+            return None
+        return Coverage(
+            not_backed_up=tuple(
+                Gap(g.kind, f"{ws}:{g.path}", g.reason) for ws, c in known for g in c.not_backed_up
+            ),
+            exported=sum(c.exported for _, c in known),
+            backed_up=sum(c.backed_up for _, c in known),
+        )
+
     def to_dict(self) -> dict[str, object]:
         common: dict[str, object] = {
             "workspace": self.workspace,
@@ -119,6 +134,7 @@ class SyncResult:
             own: dict[str, object] = {
                 "files": [],
                 "workspaces": [r.to_dict() for r in self.workspaces],
+                "not_backed_up": coverage_keys(self.overall_coverage())["not_backed_up"],
             }
         else:
             own = {

@@ -15,7 +15,6 @@ from gitsync.ops.alerts import AlertSender
 from gitsync.ops.metrics import Metrics, target_label
 from gitsync.sync.job import Run, SyncResult
 from gitsync.sync.jobs import JobStore
-from gitsync.windmill.coverage import Coverage, Gap
 from gitsync.windmill.wmill import CLI_VERSION
 
 # What a job record keeps of the answer's coverage and versions (jobs.py reads them back).
@@ -145,7 +144,7 @@ class RunOutcomes:
 
     def _report_coverage(self, run: Run, result: SyncResult) -> None:
         """The gauge, the target's summary, and an alert when a gap appears or grows."""
-        coverage = coverage_of(result)
+        coverage = result.overall_coverage()
         if coverage is None:
             return  # not known (no archive recorded): what was last known stands
         label = self._label(run)
@@ -241,22 +240,3 @@ class RunOutcomes:
                     "completed_jobs": completed,
                 },
             )
-
-
-def coverage_of(result: SyncResult) -> Coverage | None:
-    """A result's coverage; with workspace "*", every workspace's gaps, named by workspace."""
-    if result.workspace != "*":
-        return result.coverage
-    known = [r for r in result.workspaces if r.coverage is not None]
-    if not known:
-        return None
-    return Coverage(
-        not_backed_up=tuple(
-            Gap(g.kind, f"{r.workspace}:{g.path}", g.reason)
-            for r in known
-            if r.coverage is not None
-            for g in r.coverage.not_backed_up
-        ),
-        exported=sum(r.coverage.exported for r in known if r.coverage is not None),
-        backed_up=sum(r.coverage.backed_up for r in known if r.coverage is not None),
-    )
