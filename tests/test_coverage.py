@@ -7,6 +7,7 @@ does, and answers /api/version as told.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from gitsync.windmill import coverage, version
-from gitsync.windmill.wmill import Scope
+from gitsync.windmill.wmill import CLI_VERSION, Scope
 from tests.conftest import (
     WINDMILL_TOKEN,
     Target,
@@ -25,7 +26,7 @@ from tests.conftest import (
     start_service,
 )
 from tests.servers.git_server import GitHttpServer
-from tests.servers.service_process import ServiceProcess
+from tests.servers.service_process import REPO_ROOT, WMILL_CLI, ServiceProcess
 from tests.servers.windmill_emulator import WindmillEmulator
 from tests.test_operations import AlertSink, label, metric, restarted, wait_for
 
@@ -290,3 +291,12 @@ def test_every_workspace_in_one_request_names_each_gap_by_workspace(
         a.workspace_id: [],
         b.workspace_id: [{"kind": "dashboard", "path": "f/team/weekly_report"}],
     }
+
+
+def test_the_cli_version_stated_is_the_one_the_lock_file_installs() -> None:
+    # Moving to a newer CLI (README): package.json, the lock file and CLI_VERSION together.
+    lock = json.loads((REPO_ROOT / "package-lock.json").read_text())
+    wanted = json.loads((REPO_ROOT / "package.json").read_text())["dependencies"]["windmill-cli"]
+    installed = json.loads((WMILL_CLI.parents[1] / "package.json").read_text())["version"]
+    locked = lock["packages"]["node_modules/windmill-cli"]["version"]
+    assert CLI_VERSION == wanted == locked == installed
