@@ -73,5 +73,5 @@ def last(root: Path) -> Coverage | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, AttributeError):
-        log.warning("the coverage record %s is unreadable; pulling", path)
+        log.warning("the coverage record %s is unreadable; the next pull writes it", path)
         return None

@@ -152,23 +152,24 @@ class RunOutcomes:
         summaries = self.store.target_summaries
         summaries.note_coverage(run.key, coverage)
         gaps = {g.describe() for g in coverage.not_backed_up}
+        if gaps:
+            log.warning(
+                "the backup leaves out %d item(s) Windmill has",
+                len(gaps),
+                extra={
+                    "event": "not_backed_up",
+                    "job_id": run.job_id,
+                    "target": label,
+                    "not_backed_up": [g.to_dict() for g in coverage.not_backed_up],
+                },
+            )
+        if self.alerts is None:
+            return
         told = summaries.gaps_alerted(run.key)
         if gaps <= told:
             if told - gaps:
                 # A closed gap that opens again is news again.
                 summaries.note_gaps_alerted(run.key, told & gaps)
-            return
-        log.warning(
-            "the backup leaves out %d item(s) Windmill has",
-            len(gaps),
-            extra={
-                "event": "not_backed_up",
-                "job_id": run.job_id,
-                "target": label,
-                "not_backed_up": [g.to_dict() for g in coverage.not_backed_up],
-            },
-        )
-        if self.alerts is None:
             return
         job = run.job
         listed = ", ".join(sorted(gaps)[:20]) + (", ..." if len(gaps) > 20 else "")
