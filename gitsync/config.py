@@ -92,6 +92,8 @@ class Settings:
     secret_scan_entropy: bool = False
     # May a request's "secret_scan" be looser than SECRET_SCAN? (Stricter always may.)
     secret_scan_request_may_loosen: bool = False
+    # Warn when Windmill is more than this many minor releases ahead of the pinned CLI.
+    windmill_version_skew_warn_minor: int = 20
 
     @property
     def server_threads(self) -> int:
@@ -192,6 +194,9 @@ class Settings:
         number("MIN_FREE_BYTES", "min_free_bytes", int, 0, 1e18)
         number("MAX_FILE_BYTES", "max_file_bytes", int, 0, 1e18)
         number("MAX_FETCH_BYTES", "max_fetch_bytes", int, 1024, 1e18)
+        number(
+            "WINDMILL_VERSION_SKEW_WARN_MINOR", "windmill_version_skew_warn_minor", int, 0, 10000
+        )
 
         token_file = env.get("SYNC_AUTH_TOKEN_FILE", "").strip()
         if token_file:

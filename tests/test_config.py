@@ -84,3 +84,16 @@ def test_drain_and_connection_settings() -> None:
             {"SHUTDOWN_GRACE_SECONDS": "-1", "IDLE_CONNECTION_TIMEOUT": "0", "HTTP_THREADS": "x"}
         )
     assert len(error.value.problems) == 3
+
+
+def test_windmill_version_skew_warning_threshold() -> None:
+    assert Settings.from_mapping({}).windmill_version_skew_warn_minor == 20
+    settings = Settings.from_mapping({"WINDMILL_VERSION_SKEW_WARN_MINOR": "5"})
+    assert settings.windmill_version_skew_warn_minor == 5
+    with pytest.raises(ConfigError) as error:
+        Settings.from_mapping({"WINDMILL_VERSION_SKEW_WARN_MINOR": "-1"})
+    assert error.value.problems == [
+        "WINDMILL_VERSION_SKEW_WARN_MINOR must be between 0 and 10000, got -1"
+    ]
+    with pytest.raises(ConfigError, match="WINDMILL_VERSION_SKEW_WARN_MINOR must be a number"):
+        Settings.from_mapping({"WINDMILL_VERSION_SKEW_WARN_MINOR": "many"})

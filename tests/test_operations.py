@@ -263,7 +263,12 @@ def test_ready_reports_a_missing_cli(windmill: WindmillEmulator, tmp_path: Path)
 
 
 def test_ready_when_everything_is_there(service: ServiceProcess) -> None:
-    assert service.get("/ready").json() == {"status": "ready", "owed_runs": []}
+    assert service.get("/ready").json() == {
+        "status": "ready",
+        "owed_runs": [],
+        # Windmill's version beside the pinned CLI's (tests/test_coverage.py: far apart).
+        "windmill": {"server_version": "1.819.0", "cli_version": "1.819.0"},
+    }
 
 
 def test_the_windmill_kit_loads_with_the_real_cli(

@@ -39,6 +39,8 @@ class TargetSummary(Protocol):
     def last_outcome(self) -> str: ...
     @property
     def held(self) -> Sequence[Mapping[str, object]]: ...
+    @property
+    def not_backed_up(self) -> int | None: ...
 
 
 def target_label(workspace: str, remote_url: str, branch: str, prefix: str = "") -> str:
@@ -119,15 +121,26 @@ class Metrics:
             ["target", "outcome"],
             registry=r,
         )
+        self.not_backed_up = Gauge(
+            "windmill_git_sync_not_backed_up_items",
+            "Items Windmill has that the last successful sync's backup does not (0: complete)",
+            ["target"],
+            registry=r,
+        )
 
     def restore(self, summaries: Iterable[TargetSummary]) -> None:
         """Set the per-target gauges from what the job store remembers."""
         for summary in summaries:
+            if summary.not_backed_up is not None:
+                self.not_backed_up.labels(summary.label).set(summary.not_backed_up)
             self.last_attempt.labels(summary.label).set(summary.last_attempt_at)
             if summary.last_success_at is not None:
                 self.last_success.labels(summary.label).set(summary.last_success_at)
             self._set_outcome(summary.label, summary.last_outcome)
             self.held_items.labels(summary.label).set(len(summary.held))
+
+    def record_coverage(self, target: str, not_backed_up: int) -> None:
+        self.not_backed_up.labels(target).set(not_backed_up)
 
     def _set_outcome(self, target: str, outcome: str) -> None:
         for each in OUTCOMES:

@@ -4,6 +4,8 @@
 Readiness checks the tools and the disk a sync needs (Git runs in-process:
 there is no git binary to look for), and says which one is
 missing: a container without the CLI should fail loudly, not at 3 a.m.
+It also states Windmill's version beside the pinned CLI's, with a warning
+when they are far apart; that is no reason to be unready.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import threading
 import time
 
 from gitsync.config import Settings
+from gitsync.windmill.version import ServerVersion
 
 _CACHE_SECONDS = 15
 
 
 class Readiness:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, versions: ServerVersion | None = None) -> None:
         self.settings = settings
+        self.versions = versions
         self._lock = threading.Lock()
         self._checked_at = 0.0
         self._problems: list[str] = []
@@ -31,6 +35,10 @@ class Readiness:
                 self._problems = self._check()
                 self._checked_at = time.monotonic()
             return list(self._problems)
+
+    def windmill(self) -> dict[str, object] | None:
+        """Windmill's version beside the CLI's (cached; a short wait at most when stale)."""
+        return None if self.versions is None else self.versions.current(timeout=2).to_dict()
 
     def _check(self) -> list[str]:
         s = self.settings

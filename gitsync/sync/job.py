@@ -17,7 +17,9 @@ from gitsync.git.repo import Change, Identity
 from gitsync.git.transport import default_username
 from gitsync.secrets import Redactor, Secret
 from gitsync.sync.scan import Finding, HeldItem
+from gitsync.windmill.coverage import Coverage, Gap
 from gitsync.windmill.items import ItemChange
+from gitsync.windmill.version import Versions
 from gitsync.windmill.wmill import Scope
 
 # Called with a step's name as a sync goes (the job record's phase).
@@ -96,6 +98,11 @@ class SyncResult:
     # "skipped" when nothing the CLI reads had changed (skip.py); why it ran otherwise.
     pull: str = "ran"
     pull_reason: str | None = None
+    # What Windmill has that the backup does not (this pull's, or the last
+    # pull's when skipped); None when not known.
+    coverage: Coverage | None = None
+    # Windmill's version beside the pinned CLI's.
+    versions: Versions | None = None
 
     @property
     def all_held(self) -> tuple[HeldItem, ...]:
@@ -104,6 +111,21 @@ class SyncResult:
     def count(self, status: str) -> int:
         own = sum(1 for c in self.changes if c.status == status)
         return own + sum(r.count(status) for r in self.workspaces)
+
+    def overall_coverage(self) -> Coverage | None:
+        """The coverage; with workspace "*", every workspace's gaps, paths as ``ws:path``."""
+        if self.workspace != "*":
+            return self.coverage
+        known = [(r.workspace, r.coverage) for r in self.workspaces if r.coverage is not None]
+        if not known:
+            return None
+        return Coverage(
+            not_backed_up=tuple(
+                Gap(g.kind, f"{ws}:{g.path}", g.reason) for ws, c in known for g in c.not_backed_up
+            ),
+            exported=sum(c.exported for _, c in known),
+            backed_up=sum(c.backed_up for _, c in known),
+        )
 
     def to_dict(self) -> dict[str, object]:
         common: dict[str, object] = {
@@ -122,6 +144,7 @@ class SyncResult:
             own: dict[str, object] = {
                 "files": [],
                 "workspaces": [r.to_dict() for r in self.workspaces],
+                "not_backed_up": coverage_keys(self.overall_coverage())["not_backed_up"],
             }
         else:
             own = {
@@ -144,8 +167,27 @@ class SyncResult:
                 "scope": self.scope.describe(),
                 "pull": self.pull,
                 **({"pull_reason": self.pull_reason} if self.pull_reason else {}),
+                **coverage_keys(self.coverage),
             }
+        if self.versions is not None:
+            own["windmill"] = self.versions.to_dict()
         return {**common, **own, "duration_seconds": round(self.duration_seconds, 3)}
+
+
+def coverage_keys(coverage: Coverage | None) -> dict[str, object]:
+    """The answer's coverage keys; ``not_backed_up`` is None when the coverage is not known.
+
+    Items held by the secret scan are the answer's ``held`` (SyncResult.held).
+    """
+    if coverage is None:
+        return {"not_backed_up": None}
+    data = coverage.to_dict()
+    return {
+        "not_backed_up": data["not_backed_up"],
+        "scope_excludes": data["scope_excludes"],
+        "skipped_by_policy": data["skipped_by_policy"],
+        "coverage": {"exported": data["exported"], "backed_up": data["backed_up"]},
+    }
 
 
 @dataclass(frozen=True)

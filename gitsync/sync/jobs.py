@@ -303,6 +303,10 @@ def _to_dict(row: tuple[Any, ...]) -> dict[str, Any]:
         data["pull"] = stored["pull"]
         if stored.get("pull_reason"):
             data["pull_reason"] = stored["pull_reason"]
+    # What the backup leaves out, and Windmill's version beside the CLI's (outcomes.py).
+    for key in ("not_backed_up", "scope_excludes", "skipped_by_policy", "windmill"):
+        if key in stored:
+            data[key] = stored[key]
     for stamp in ("created_at", "started_at", "finished_at", "interrupted_at"):
         data[stamp] = _stamp(data[stamp])
     return data

@@ -17,7 +17,10 @@ from gitsync.ops.metrics import Metrics, target_label
 from gitsync.sync.job import Run, SyncResult, success_message
 from gitsync.sync.jobs import JobStore
 from gitsync.sync.scan import HeldItem
+from gitsync.version import CLI_VERSION
 
+# What a job record keeps of the answer's coverage and versions (jobs.py reads them back).
+RECORDED_COVERAGE_KEYS = ("not_backed_up", "scope_excludes", "skipped_by_policy", "windmill")
 # The runner's name, as before this module was split from it: the JSON log's
 # "logger" field of each sync's line is something log queries match on.
 log = logging.getLogger("gitsync.sync.runner")
@@ -84,10 +87,12 @@ class RunOutcomes:
                     "held_items": [h.to_dict() for h in held],
                     "pull": result.pull,
                     "pull_reason": result.pull_reason,
+                    **{k: data[k] for k in RECORDED_COVERAGE_KEYS if k in data},
                 }
             ),
         )
         self._report_success(run, result, data)
+        self._report_coverage(run, result)
         self._complete_owed(run)
 
     @staticmethod
@@ -162,6 +167,54 @@ class RunOutcomes:
             },
         )
         self._alert_held(run, held, held_before)
+
+    def _report_coverage(self, run: Run, result: SyncResult) -> None:
+        """The gauge, the target's summary, and an alert when a gap appears or grows."""
+        coverage = result.overall_coverage()
+        if coverage is None:
+            return  # not known (no archive recorded): what was last known stands
+        label = self._label(run)
+        self.metrics.record_coverage(label, len(coverage.not_backed_up))
+        summaries = self.store.target_summaries
+        summaries.note_coverage(run.key, coverage)
+        gaps = {g.describe() for g in coverage.not_backed_up}
+        if gaps:
+            log.warning(
+                "the backup leaves out %d item(s) Windmill has",
+                len(gaps),
+                extra={
+                    "event": "not_backed_up",
+                    "job_id": run.job_id,
+                    "target": label,
+                    "not_backed_up": [g.to_dict() for g in coverage.not_backed_up],
+                },
+            )
+        if self.alerts is None:
+            return
+        told = summaries.gaps_alerted(run.key)
+        if gaps <= told:
+            if told - gaps:
+                # A closed gap that opens again is news again.
+                summaries.note_gaps_alerted(run.key, told & gaps)
+            return
+        job = run.job
+        listed = ", ".join(sorted(gaps)[:20]) + (", ..." if len(gaps) > 20 else "")
+        if self.alerts.send(
+            {
+                "event": "backup_incomplete",
+                "workspace": job.workspace,
+                "remote": job.remote_url,
+                "branch": job.branch,
+                "job_id": run.job_id,
+                "not_backed_up": [g.to_dict() for g in coverage.not_backed_up],
+                "new": sorted(gaps - told),
+                "message": f"Backup of workspace '{job.workspace}' to {job.remote_url} "
+                f"({job.branch}) leaves out {len(gaps)} item(s) Windmill has: {listed}. "
+                f"The pinned wmill CLI {CLI_VERSION} does not write them; upgrade the image "
+                "to a newer CLI.",
+            }
+        ):
+            summaries.note_gaps_alerted(run.key, gaps)
 
     def _report_failure(self, run: Run, exc: WindmillGitSyncError, seconds: float) -> None:
         outcome = "refused" if isinstance(exc, Refused) else "error"

@@ -29,6 +29,7 @@ from gitsync.sync.scan import SecretScanner
 from gitsync.sync.steps import TargetSync
 from gitsync.sync.workspaces import sync_every_workspace
 from gitsync.windmill.process import end_orphan
+from gitsync.windmill.version import ServerVersion
 from gitsync.windmill.wmill import WmillCli
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,12 @@ class SyncService:
         self.wmill = WmillCli(settings)
         self.locks = TargetLocks(settings.data_dir / "locks")
         self.scanner = SecretScanner(entropy=settings.secret_scan_entropy)
+        # Windmill's version, cached: each answer states it beside the CLI's.
+        self.windmill_version = ServerVersion(
+            settings.windmill_base_url,
+            extra_ca=settings.node_extra_ca_certs,
+            max_minor_skew=settings.windmill_version_skew_warn_minor,
+        )
         # Called with a step's name on each retry (metrics).
         self.on_retry: Callable[[str], None] | None = None
 
@@ -67,7 +74,8 @@ class SyncService:
 
     def sync(self, job: SyncJob, progress: Progress | None = None) -> SyncResult:
         if job.workspace == "*":
-            return sync_every_workspace(self.settings, job, progress, self.sync)
+            every = sync_every_workspace(self.settings, job, progress, self.sync)
+            return dataclasses.replace(every, versions=self.windmill_version.current())
         started = time.monotonic()
         deadline = Deadline(self.settings.sync_timeout)
         report = progress or (lambda phase: None)
@@ -75,7 +83,11 @@ class SyncService:
         key = self.key_for(job)
         with self.locks.hold(key, deadline):
             result = self._sync_locked(job, key, deadline, report)
-        return dataclasses.replace(result, duration_seconds=time.monotonic() - started)
+        return dataclasses.replace(
+            result,
+            duration_seconds=time.monotonic() - started,
+            versions=self.windmill_version.current(),
+        )
 
     def _sync_locked(
         self, job: SyncJob, key: str, deadline: Deadline, report: Progress

@@ -32,9 +32,9 @@ from gitsync.git.repo import Change, GitRepo, is_corruption
 from gitsync.git.transport import PushOutcome
 from gitsync.retry import with_retries
 from gitsync.secrets import Redactor
-from gitsync.sync import commits, guards, readme
+from gitsync.sync import commits, coverage_step, guards, readme
 from gitsync.sync.base import choose_base
-from gitsync.sync.job import CommitInfo, Progress, SyncJob, SyncResult
+from gitsync.sync.job import CommitInfo, Progress, SyncJob, SyncResult, strip_prefix
 from gitsync.sync.scan import Finding, HeldItem, SecretScanner
 from gitsync.sync.skip import Decision, PullGate
 from gitsync.windmill import items, mirror
@@ -91,7 +91,8 @@ class TargetSync:
         self.index = gate.index
         pulled = self.pull(gate)
         if pulled.skip:
-            # Nothing changed: what was held back is held still, and said again.
+            # Nothing changed: what was held back is held still, and said again;
+            # the coverage of the last pull still holds.
             held = tuple(HeldItem.from_dict(h) for h in pulled.held)
             return self._result(
                 False,
@@ -100,6 +101,7 @@ class TargetSync:
                 pull="skipped",
                 held=held,
                 secret_findings=tuple(f for h in held for f in h.findings),
+                coverage=coverage_step.last(self.root),
             )
         # The remote is asked for its tip (a network round trip) while the
         # export is checked and the commit prepared on the tip we expect (the
@@ -140,8 +142,12 @@ class TargetSync:
                 )
                 repo.recover_after_crash()
                 result = self._commit_and_push(export, readme_text)
+        held_files = [strip_prefix(f, job.path_prefix) for h in result.held for f in h.files]
+        coverage = coverage_step.of_pull(pulled.exchanges, export, job.scope, held=held_files)
+        # Before the record that lets the next sync skip: a skip answers with it.
+        coverage_step.remember(self.root, coverage)
         gate.remember(pulled.exchanges, result.commit, tuple(h.to_dict() for h in result.held))
-        return dataclasses.replace(result, pull="ran", pull_reason=pulled.reason)
+        return dataclasses.replace(result, pull="ran", pull_reason=pulled.reason, coverage=coverage)
 
     def pull(self, gate: PullGate) -> Decision:
         """Step 1: the workspace into the export directory, with the request's own token.

@@ -1,7 +1,9 @@
 """The per-target summary table: what monitoring needs across job pruning and restarts.
 
 One row per target: the last success, the last attempt, the last outcome,
-and the last success a staleness alert was sent about. It lives in the job
+the last success a staleness alert was sent about, and the last pull's
+coverage (what Windmill has that the backup does not) with the gaps an alert
+was sent about. It lives in the job
 store's database and shares its connection and lock (one writer); the jobs
 are pruned to JOB_HISTORY, these rows never are.
 """
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gitsync.ops.metrics import BACKED_UP, target_label
+from gitsync.windmill.coverage import Coverage
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS target_summary (
@@ -30,9 +33,19 @@ CREATE TABLE IF NOT EXISTS target_summary (
     -- the last success a staleness alert was sent about
     stale_alert_for  REAL,
     -- JSON: the items the last sync held back for possible secrets
-    held             TEXT NOT NULL DEFAULT '[]'
+    held             TEXT NOT NULL DEFAULT '[]',
+    -- the last successful sync's coverage (windmill/coverage.py), as JSON
+    coverage_json    TEXT,
+    -- the gaps ("kind path") the last coverage alert was sent about, as JSON
+    gaps_alerted     TEXT
 );
 """
+# Columns added after the first release: added to an older database at start-up.
+_ADDED_COLUMNS = {
+    "held": "TEXT NOT NULL DEFAULT '[]'",  # SECRET_SCAN=hold
+    "coverage_json": "TEXT",
+    "gaps_alerted": "TEXT",
+}
 
 # How a finished job's state reads as a metrics outcome (for the upgrade below).
 _OUTCOME_OF_STATE = {"failed": "error", "refused": "refused", "partial": "partial"}
@@ -50,12 +63,27 @@ class TargetSummary:
     last_outcome: str
     stale_alert_for: float | None
     held_json: str = "[]"
+    coverage_json: str | None = None
 
     @property
     def held(self) -> list[dict[str, Any]]:
         """The items the last sync held back (HeldItem.to_dict), never a value."""
         data = json.loads(self.held_json or "[]")
         return data if isinstance(data, list) else []
+
+    @property
+    def coverage(self) -> Coverage | None:
+        if self.coverage_json is None:
+            return None
+        try:
+            return Coverage.from_dict(json.loads(self.coverage_json))
+        except (ValueError, AttributeError):
+            return None
+
+    @property
+    def not_backed_up(self) -> int | None:
+        coverage = self.coverage
+        return None if coverage is None else len(coverage.not_backed_up)
 
 
 class TargetSummaries:
@@ -71,11 +99,10 @@ class TargetSummaries:
             "SELECT 1 FROM sqlite_master WHERE type='table' AND name='target_summary'"
         ).fetchone()
         self._db.executescript(SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(target_summary)")}
-        if "held" not in columns:  # a database from before SECRET_SCAN=hold
-            self._db.execute(
-                "ALTER TABLE target_summary ADD COLUMN held TEXT NOT NULL DEFAULT '[]'"
-            )
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(target_summary)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in present:  # names and kinds are constants of this module
+                self._db.execute(f"ALTER TABLE target_summary ADD COLUMN {name} {kind}")
         if not had_summary:
             self._summarise_existing_jobs()
 
@@ -144,10 +171,41 @@ class TargetSummaries:
         with self._lock:
             rows = self._db.execute(
                 "SELECT target, label, workspace, remote, branch, last_success_at, "
-                "last_attempt_at, last_outcome, stale_alert_for, held FROM target_summary "
+                "last_attempt_at, last_outcome, stale_alert_for, held, coverage_json "
+                "FROM target_summary "
                 "ORDER BY target"
             ).fetchall()
         return [TargetSummary(*row) for row in rows]
+
+    def note_coverage(self, target: str, coverage: Coverage) -> None:
+        """Keep a successful sync's coverage: the page and the gauge show it after a restart."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE target_summary SET coverage_json=? WHERE target=?",
+                (coverage.to_json(), target),
+            )
+
+    def gaps_alerted(self, target: str) -> set[str]:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT gaps_alerted FROM target_summary WHERE target=?", (target,)
+            ).fetchone()
+        try:
+            return {str(g) for g in json.loads(row[0])} if row and row[0] else set()
+        except (ValueError, TypeError):
+            return set()
+
+    def note_gaps_alerted(self, target: str, gaps: set[str]) -> None:
+        """The gaps people were told about: an alert is sent once per new gap, across restarts."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE target_summary SET gaps_alerted=? WHERE target=?",
+                (json.dumps(sorted(gaps)), target),
+            )
+
+    def coverages(self) -> dict[str, Coverage]:
+        """Each target's last known coverage, by target key."""
+        return {s.target: c for s in self.all() if (c := s.coverage) is not None}
 
     def note_stale_alert(self, target: str, last_success_at: float) -> None:
         """Remember that this silence was reported, so a restart does not report it again."""

@@ -90,7 +90,7 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     )
     runner = SyncRunner(service, store, settings, metrics, alerts)
     restorer = RestoreService(settings, held_lookup=store.target_summaries.held_at)
-    readiness = Readiness(settings)
+    readiness = Readiness(settings, service.windmill_version)
     if alerts is not None:
         watchdog = Watchdog(
             store, alerts, stale_after=settings.stale_after, interval=settings.alert_check_interval
@@ -129,11 +129,14 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
             problems.insert(0, "shutting down: new syncs are refused")
         # Owed runs do not make the service unready: the sync that completes them must get in.
         owed = store.owed_runs()
+        windmill = readiness.windmill()
         if problems:
-            response = jsonify(status="not ready", problems=problems, owed_runs=owed)
+            response = jsonify(
+                status="not ready", problems=problems, owed_runs=owed, windmill=windmill
+            )
             response.status_code = 503
             return response
-        return jsonify(status="ready", owed_runs=owed)
+        return jsonify(status="ready", owed_runs=owed, windmill=windmill)
 
     @app.get("/metrics")
     def prometheus_metrics() -> Any:
@@ -141,7 +144,12 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
 
     @app.get("/")
     def status() -> Any:
-        html = status_page.render(store.targets(), settings.stale_after)
+        html = status_page.render(
+            store.targets(),
+            settings.stale_after,
+            coverage=store.target_summaries.coverages(),
+            versions=service.windmill_version.current(timeout=2),
+        )
         response = Response(html, mimetype="text/html")
         response.headers["Content-Security-Policy"] = (
             "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'"

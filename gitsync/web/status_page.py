@@ -12,6 +12,9 @@ from typing import Any
 
 from flask import render_template_string
 
+from gitsync.windmill.coverage import Coverage
+from gitsync.windmill.version import Versions
+
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
@@ -28,10 +31,13 @@ _TEMPLATE = """<!doctype html>
  dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:8px 0}
  dt{color:#667} dd{margin:0;word-break:break-word}
  .err{color:#b3261e} code{font-size:13px} ul.held{margin:2px 0;padding-left:18px}
+ header p.warn{color:#ffcf7a}
  svg{display:block;max-width:100%} .empty{color:#667}
 </style></head><body>
 <header><h1>windmill-git-sync</h1>
-<p>{{ targets|length }} target{{ '' if targets|length == 1 else 's' }} · {{ now }}</p></header>
+<p>{{ targets|length }} target{{ '' if targets|length == 1 else 's' }} · {{ now }}</p>
+{% if versions %}<p class="versions">Windmill {{ versions.server or 'version unknown' }} · wmill CLI {{ versions.cli }}</p>
+{% if versions.warning %}<p class="warn">{{ versions.warning }}</p>{% endif %}{% endif %}</header>
 <main>
 {% if not targets %}<p class="empty">No sync has run yet.</p>{% endif %}
 {% for t in targets %}
@@ -43,6 +49,8 @@ _TEMPLATE = """<!doctype html>
   <dt>Last commit</dt><dd><code>{{ t.last_commit or '-' }}</code></dd>
   <dt>State</dt><dd>{{ t.state }}</dd>
   {% if t.owed_jobs %}<dt>Owed run</dt><dd class="err">{{ t.owed_jobs }} interrupted sync{{ '' if t.owed_jobs == 1 else 's' }}: the next sync of this target completes {{ 'it' if t.owed_jobs == 1 else 'them' }}</dd>{% endif %}
+  {% if t.coverage %}{% if t.coverage.not_backed_up %}<dt>Not backed up</dt><dd class="err not-backed-up">{{ t.coverage.not_backed_up|length }} item{{ '' if t.coverage.not_backed_up|length == 1 else 's' }} Windmill has: {% for g in t.coverage.not_backed_up %}{{ g.kind }} <code>{{ g.path }}</code>{{ ', ' if not loop.last }}{% endfor %} (the pinned wmill CLI does not write {{ 'it' if t.coverage.not_backed_up|length == 1 else 'them' }}: upgrade the image)</dd>
+  {% else %}<dt>Coverage</dt><dd>complete: {{ t.coverage.backed_up }} item{{ '' if t.coverage.backed_up == 1 else 's' }}</dd>{% endif %}{% endif %}
   {% if t.last_error %}<dt>Last error</dt><dd class="err">{{ t.last_error }}</dd>{% endif %}
   {% if t.held %}<dt>Held back</dt><dd class="err">{{ t.held|length }} item{{ '' if t.held|length == 1 else 's' }} with possible secrets, not backed up as they are now:<ul class="held">{% for h in t.held %}<li>{{ h.item }} ({{ h.backed_up }}): {% for f in h.findings %}{{ f.file }} line {{ f.line }} ({{ f.detector }}){{ '' if loop.last else ', ' }}{% endfor %}</li>{% endfor %}</ul></dd>{% endif %}
  </dl>
@@ -65,8 +73,16 @@ _COLORS = {
 }
 
 
-def render(targets: list[dict[str, Any]], stale_after: float) -> str:
+def render(
+    targets: list[dict[str, Any]],
+    stale_after: float,
+    *,
+    coverage: dict[str, Coverage] | None = None,
+    versions: Versions | None = None,
+) -> str:
+    """The page; ``coverage`` is each target's last known one, by target key."""
     now = time.time()
+    coverage = coverage or {}
     rows = []
     for t in targets:
         last = t["last_success_at"]
@@ -79,11 +95,12 @@ def render(targets: list[dict[str, Any]], stale_after: float) -> str:
             }
             for j in t["recent"]
         ]
+        known = coverage.get(t["target"])
         health = (
             "bad"
             if t["last_error"] or t.get("held")
             else "stale"
-            if last is None or now - last > stale_after
+            if last is None or now - last > stale_after or (known and known.not_backed_up)
             else "ok"
         )
         rows.append(
@@ -94,9 +111,10 @@ def render(targets: list[dict[str, Any]], stale_after: float) -> str:
                 "last_success": _when(last),
                 "age": _age(now - last) if last else None,
                 "last_commit": (t["last_commit"] or "")[:12] or None,
+                "coverage": known,
             }
         )
-    return render_template_string(_TEMPLATE, targets=rows, now=_when(now))
+    return render_template_string(_TEMPLATE, targets=rows, now=_when(now), versions=versions)
 
 
 def _when(stamp: float | None) -> str | None:

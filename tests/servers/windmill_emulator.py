@@ -310,6 +310,9 @@ class Workspace:
         self.encryption_key = hashlib.sha256(f"wmemu-key:{workspace_id}".encode()).hexdigest()
         self.ws_specific: list[JsonObj] = []  # list_ws_specific answer
         self.shared_ui: dict[str, str] = {}  # shared_ui/get files
+        # Archive entries of kinds the model does not know (a newer server's:
+        # an s3 trigger, a dashboard), each with the include_* flag it needs.
+        self.extra_entries: dict[str, tuple[bytes, str | None]] = {}
         self.revision = 0  # bumped on every change; keys the archive cache
         self._clock = 0
         self._version_seq = 0
@@ -730,9 +733,27 @@ class Workspace:
             del self.items[kind][path]
             self._changed()
 
+    def add_entry(self, name: str, obj: Any, *, only_with: str | None = None) -> None:
+        """An archive entry of a kind the model does not know, as a newer server writes it.
+
+        ``only_with`` names the export flag it needs (``include_triggers`` for
+        a trigger kind), as the server gates the kinds it knows.
+        """
+        with self._lock:
+            if only_with is not None and not hasattr(ExportOptions(), only_with):
+                raise ValueError(f"unknown export flag {only_with!r}")
+            self.extra_entries[name] = (pretty_json(obj), only_with)
+            self._changed()
+
+    def remove_entry(self, name: str) -> None:
+        with self._lock:
+            del self.extra_entries[name]
+            self._changed()
+
     def clear(self) -> None:
         with self._lock:
             self.items = {k: {} for k in KINDS}
+            self.extra_entries = {}
             self.settings = {}
             self.ws_specific = []
             self.shared_ui = {}
@@ -1022,6 +1043,10 @@ def export_entries(
         if not caller_is_admin:
             raise ApiError(403, "encryption key", prefix="Require Admin privileges for")
         yield _entry("encryption_key.json", ws.encryption_key)
+
+    for name, (body, only_with) in sorted(ws.extra_entries.items()):
+        if only_with is None or getattr(opts, only_with):
+            yield name, body
 
 
 def _export_variables(ws: Workspace, opts: ExportOptions) -> Iterator[tuple[str, bytes]]:
@@ -1734,7 +1759,7 @@ def route(
 
 @route("GET", "/api/version", "version", auth=False)
 def _version(ctx: Ctx) -> Response:
-    return text_response(SERVER_VERSION_TEXT)
+    return text_response(ctx.emulator.version_text)
 
 
 @route("GET", "/api/users/whoami", "whoami")
@@ -3099,6 +3124,8 @@ class WindmillEmulator:
         self._workspaces: dict[str, Workspace] = {}
         self._faults: dict[tuple[str, str | None], str] = {}
         self._requests: list[RequestRecord] = []
+        # What GET /api/version answers ("CE v1.819.0"): set it to play a newer server.
+        self.version_text = SERVER_VERSION_TEXT
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
