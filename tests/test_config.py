@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,40 @@ def test_windmill_version_skew_warning_threshold() -> None:
     ]
     with pytest.raises(ConfigError, match="WINDMILL_VERSION_SKEW_WARN_MINOR must be a number"):
         Settings.from_mapping({"WINDMILL_VERSION_SKEW_WARN_MINOR": "many"})
+
+
+def test_a_secret_may_come_from_a_file_which_wins(tmp_path: Path) -> None:
+    url_file = tmp_path / "alert-url"
+    url_file.write_text("https://hooks.example.com/from-file\n")
+    settings = Settings.from_mapping(
+        {
+            "ALERT_WEBHOOK_URL": "https://hooks.example.com/from-env",
+            "ALERT_WEBHOOK_URL_FILE": str(url_file),
+        }
+    )
+    assert settings.alert_webhook_url is not None
+    assert settings.alert_webhook_url.reveal() == "https://hooks.example.com/from-file"
+    short_token = tmp_path / "token"
+    short_token.write_text("too-short\n")
+    with pytest.raises(ConfigError) as error:
+        Settings.from_mapping(
+            {
+                "ALERT_WEBHOOK_URL_FILE": str(tmp_path / "missing"),
+                "SYNC_AUTH_TOKEN_FILE": str(short_token),
+                "SECRET_SCAN": "Loud",
+                "SECRET_SCAN_ENTROPY": "maybe",
+            }
+        )
+    assert error.value.problems == [
+        "ALERT_WEBHOOK_URL_FILE cannot be read (No such file or directory)",
+        "SYNC_AUTH_TOKEN_FILE must hold one token of at least 16 characters",
+        "SECRET_SCAN must be hold, block, warn or off, got 'loud'",
+        "SECRET_SCAN_ENTROPY must be true or false, got 'maybe'",
+    ]
+
+
+def test_every_variable_is_documented() -> None:
+    reference = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    variables = [f.metadata["setting"].env for f in dataclasses.fields(Settings)]
+    assert len(variables) == len(dataclasses.fields(Settings)) > 30
+    assert [v for v in variables if f"`{v}`" not in reference] == []

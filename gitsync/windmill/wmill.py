@@ -25,6 +25,7 @@ from gitsync.deadline import Deadline
 from gitsync.errors import CommandError, SyncTimeout, WindmillError
 from gitsync.secrets import Redactor, Secret
 from gitsync.windmill import cli_errors, fast_pull
+from gitsync.windmill.api import WindmillApi
 from gitsync.windmill.process import run
 
 log = logging.getLogger(__name__)
@@ -243,12 +244,35 @@ class WmillCli:
             except SyncTimeout as exc:
                 raise SyncTimeout(what, exc.seconds) from None
             except CommandError as exc:
-                raise cli_errors.classify(exc, self.settings, workspace, token, args[1]) from None
+                login_status = (
+                    self._login_status(token) if cli_errors.needs_login_check(exc) else None
+                )
+                raise cli_errors.classify(
+                    exc,
+                    workspace=workspace,
+                    base_url=self.settings.windmill_base_url,
+                    action=args[1],
+                    login_status=login_status,
+                ) from None
             except FileNotFoundError:
                 raise WindmillError(
                     f"The wmill CLI could not be started ({self.settings.node_bin} or "
                     f"{self.settings.wmill_cli} is missing)"
                 ) from None
+
+    def _login_status(self, token: Secret) -> int | None:
+        """What Windmill's login check answers ``token`` (None: no answer).
+
+        With WM_TOKEN the CLI says "Could not authenticate" for a bad token, a
+        Windmill answering 500 and a dead server alike; this tells them apart.
+        """
+        api = WindmillApi(
+            self.settings.windmill_base_url,
+            token,
+            extra_ca=self.settings.node_extra_ca_certs,
+            timeout=10,
+        )
+        return api.status_of("users/whoami")
 
     def _env(self, tmp: Path, workspace: str, token: Secret, export_dir: Path) -> dict[str, str]:
         home = tmp / "home"
