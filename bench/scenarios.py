@@ -29,7 +29,7 @@ from pathlib import Path
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
 from gitsync.secrets import Redactor, Secret
-from gitsync.sync.scan import SecretScanner
+from gitsync.secretscan.scan import SecretScanner
 from gitsync.windmill.mirror import scan_export
 from gitsync.windmill.wmill import Scope, WmillCli
 from tests.servers.service_process import WMILL_CLI

@@ -16,20 +16,20 @@ import sys
 import tempfile
 from typing import Any
 
+from gitsync.backup.job import success_message
+from gitsync.backup.service import SyncService
 from gitsync.config import Settings
 from gitsync.errors import ConfigError, RequestError, WindmillGitSyncError
-from gitsync.ops import logs
-from gitsync.sync.history import item_history
-from gitsync.sync.job import success_message
-from gitsync.sync.restore import RestoreService
-from gitsync.sync.service import SyncService
-from gitsync.version import CLI_VERSION, service_version
-from gitsync.web.requests import (
+from gitsync.inputs.requests import (
     parse_history_query,
     parse_history_request,
     parse_restore_request,
     parse_sync_request,
 )
+from gitsync.ops import logs
+from gitsync.recovery.history import item_history
+from gitsync.recovery.restore import RestoreService
+from gitsync.version import CLI_VERSION, service_version
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # Backed up, except items held for secrets (restic's "some files could not be read").

@@ -37,7 +37,7 @@ SPARE_HTTP_THREADS = 8
 
 
 class SecretScanPolicy(enum.StrEnum):
-    """What a secret found in the files a sync adds does to it (see sync/scan.py)."""
+    """What a secret found in the files a sync adds does to it (see secretscan/scan.py)."""
 
     OFF = "off"  # no scan
     WARN = "warn"  # push, and report the findings

@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import trustme
 
+from gitsync.backup.service import SyncService
 from gitsync.config import Settings
 from gitsync.git.repo import MAX_PACKS
-from gitsync.sync.service import SyncService
-from gitsync.web.requests import parse_sync_request
+from gitsync.inputs.requests import parse_sync_request
 from gitsync.windmill.wmill import Scope
 from tests.conftest import Target, files_under, made, new_target, plain_pull, start_service
 from tests.servers.git_server import GitHttpServer

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from detect_secrets.core.scan import scan_file
 
-from gitsync.sync import scan as scan_module
-from gitsync.sync.scan import SecretScanner
+from gitsync.secretscan import scan as scan_module
+from gitsync.secretscan.scan import SecretScanner
 from tests.secret_samples import LOOKALIKES, Sample, true_secrets
 
 

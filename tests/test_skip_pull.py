@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from gitsync.sync.skip import INDEX_FILE, RECORD_FILE
+from gitsync.backup.skip import INDEX_FILE, RECORD_FILE
 from tests.conftest import WINDMILL_TOKEN, Target, start_service
 from tests.servers.service_process import WMILL_CLI, ServiceProcess
 from tests.servers.windmill_emulator import WindmillEmulator, Workspace

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from gitsync.errors import RequestError
-from gitsync.web.fields import canonical_remote_url, is_valid_branch
-from gitsync.web.requests import parse_sync_request
+from gitsync.inputs.fields import canonical_remote_url, is_valid_branch
+from gitsync.inputs.requests import parse_sync_request
 
 TOKEN = "ghp_abcdefghijklmnop0123456789"
 BASE = {

@@ -62,7 +62,7 @@ class StaleTarget(Protocol):
 
 
 class TargetHistory(Protocol):
-    """The job store (sync/jobs.py) as the watchdog uses it."""
+    """The job store (jobs/store.py) as the watchdog uses it."""
 
     def summaries(self) -> Sequence[StaleTarget]: ...
     def note_stale_alert(self, target: str, last_success_at: float) -> None: ...

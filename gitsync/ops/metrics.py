@@ -27,7 +27,7 @@ BACKED_UP = ("success", "noop", "partial")
 
 
 class TargetSummary(Protocol):
-    """What the job store remembers of a target (sync/summaries.py), as the gauges need it."""
+    """What the job store remembers of a target (jobs/summaries.py), as the gauges need it."""
 
     @property
     def label(self) -> str: ...

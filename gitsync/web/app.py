@@ -21,6 +21,8 @@ from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 from werkzeug.exceptions import HTTPException
 
+from gitsync.backup.job import success_message
+from gitsync.backup.service import SyncService
 from gitsync.config import Settings
 from gitsync.errors import (
     BodyTooLarge,
@@ -32,23 +34,21 @@ from gitsync.errors import (
     UnsupportedMediaType,
     WindmillGitSyncError,
 )
-from gitsync.ops.alerts import AlertSender, Watchdog
-from gitsync.ops.metrics import Metrics
-from gitsync.ops.readiness import Readiness
-from gitsync.sync.history import HistoryQuery, item_history
-from gitsync.sync.job import success_message
-from gitsync.sync.jobs import JobStore
-from gitsync.sync.restore import RestoreService
-from gitsync.sync.runner import RETRY_AFTER_SECONDS, SyncRunner
-from gitsync.sync.service import SyncService
-from gitsync.web import access_log, status_page
-from gitsync.web.drain import JOB_ID_KEY, Drain
-from gitsync.web.requests import (
+from gitsync.inputs.requests import (
     parse_history_query,
     parse_history_request,
     parse_restore_request,
     parse_sync_request,
 )
+from gitsync.jobs.runner import RETRY_AFTER_SECONDS, SyncRunner
+from gitsync.jobs.store import JobStore
+from gitsync.ops.alerts import AlertSender, Watchdog
+from gitsync.ops.metrics import Metrics
+from gitsync.ops.readiness import Readiness
+from gitsync.recovery.history import HistoryQuery, item_history
+from gitsync.recovery.restore import RestoreService
+from gitsync.web import access_log, status_page
+from gitsync.web.drain import JOB_ID_KEY, Drain
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-    from gitsync.sync.runner import SyncRunner
+    from gitsync.jobs.runner import SyncRunner
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 from waitress.server import create_server  # type: ignore[import-untyped]
 
 from gitsync.config import Settings
-from gitsync.sync.runner import SyncRunner
+from gitsync.jobs.runner import SyncRunner
 from gitsync.web.app import create_app
 from gitsync.web.drain import EXIT_DRAINED, Drain, run_until_signalled
 from gitsync.web.http_refusals import RefusingChannel

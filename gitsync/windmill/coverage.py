@@ -436,7 +436,7 @@ def _glob(pattern: str) -> re.Pattern[str]:
     """A minimatch glob (what the CLI uses for includes and excludes) as a regular expression.
 
     ``*`` and ``?`` stop at ``/``; a ``**`` segment crosses any number of
-    them. Request patterns hold nothing else (web/fields.py).
+    them. Request patterns hold nothing else (inputs/fields.py).
     """
     out = []
     segments = pattern.split("/")

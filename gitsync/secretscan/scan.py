@@ -31,7 +31,7 @@ from detect_secrets.transformers import get_transformed_file
 
 from gitsync.config import SecretScanPolicy as Policy
 from gitsync.deadline import Deadline
-from gitsync.sync import detectors, lookalikes
+from gitsync.secretscan import detectors, lookalikes
 from gitsync.windmill import items
 
 # Detectors of one provider's key format: a match is almost surely a secret.

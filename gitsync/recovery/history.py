@@ -20,8 +20,7 @@ from gitsync.errors import NotFound
 from gitsync.git.reads import fetch_history, log_touching
 from gitsync.git.repo import GitRepo
 from gitsync.secrets import Redactor, Secret
-from gitsync.sync.job import target_key
-from gitsync.sync.locks import TargetLocks
+from gitsync.targets import TargetLocks, target_key
 from gitsync.windmill import items
 
 INCOMPLETE_HINT = (

@@ -11,15 +11,16 @@ import logging
 import time
 from typing import Any
 
+from gitsync.backup.job import SyncResult, success_message
 from gitsync.errors import Refused, SecretDetected, WindmillGitSyncError
+from gitsync.jobs.run import Run
+from gitsync.jobs.store import JobStore
 from gitsync.ops.alerts import AlertSender
 from gitsync.ops.metrics import Metrics, target_label
-from gitsync.sync.job import Run, SyncResult, success_message
-from gitsync.sync.jobs import JobStore
-from gitsync.sync.scan import HeldItem
+from gitsync.secretscan.scan import HeldItem
 from gitsync.version import CLI_VERSION
 
-# What a job record keeps of the answer's coverage and versions (jobs.py reads them back).
+# What a job record keeps of the answer's coverage and versions (store.py reads them back).
 RECORDED_COVERAGE_KEYS = ("not_backed_up", "scope_excludes", "skipped_by_policy", "windmill")
 # The runner's name, as before this module was split from it: the JSON log's
 # "logger" field of each sync's line is something log queries match on.

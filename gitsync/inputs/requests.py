@@ -22,15 +22,12 @@ from pydantic import (
     field_validator,
 )
 
+from gitsync.backup.job import SyncJob
 from gitsync.config import SecretScanPolicy
 from gitsync.errors import RequestError
 from gitsync.git.repo import Identity
 from gitsync.git.transport import default_username
-from gitsync.secrets import Secret
-from gitsync.sync.history import HistoryQuery
-from gitsync.sync.job import SyncJob
-from gitsync.sync.restore import RestoreJob
-from gitsync.web.fields import (
+from gitsync.inputs.fields import (
     CONTROL_CHARS,
     EMAIL,
     ITEM_PATH,
@@ -44,6 +41,9 @@ from gitsync.web.fields import (
     is_valid_branch,
     path_patterns,
 )
+from gitsync.recovery.history import HistoryQuery
+from gitsync.recovery.restore import RestoreJob
+from gitsync.secrets import Secret
 from gitsync.windmill.wmill import Scope
 
 M = TypeVar("M", bound=BaseModel)

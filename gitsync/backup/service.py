@@ -19,15 +19,15 @@ import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
+from gitsync.backup import guards
+from gitsync.backup.job import Progress, SyncJob, SyncResult
+from gitsync.backup.steps import TargetSync
+from gitsync.backup.workspaces import sync_every_workspace
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
 from gitsync.git.repo import GitRepo
-from gitsync.sync import guards
-from gitsync.sync.job import Progress, SyncJob, SyncResult, target_key
-from gitsync.sync.locks import TargetLocks
-from gitsync.sync.scan import SecretScanner
-from gitsync.sync.steps import TargetSync
-from gitsync.sync.workspaces import sync_every_workspace
+from gitsync.secretscan.scan import SecretScanner
+from gitsync.targets import TargetLocks, target_key
 from gitsync.windmill.process import end_orphan
 from gitsync.windmill.version import ServerVersion
 from gitsync.windmill.wmill import WmillCli

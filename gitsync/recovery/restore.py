@@ -29,7 +29,7 @@ from gitsync.git.reads import export_tree, fetch_everything, resolve
 from gitsync.git.repo import GitRepo
 from gitsync.git.walk import MissingPrefix
 from gitsync.secrets import Redactor, Secret
-from gitsync.sync.locks import TargetLocks
+from gitsync.targets import TargetLocks
 from gitsync.windmill import items, mirror
 from gitsync.windmill.wmill import Scope, WmillCli
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 import shutil
 
+from gitsync.backup import commits
+from gitsync.backup.job import SyncJob, in_prefix, join_prefix, strip_prefix
 from gitsync.config import SecretScanPolicy, Settings
 from gitsync.deadline import Deadline
 from gitsync.errors import InsufficientStorage, MassDeletionRefused, SecretDetected
 from gitsync.git.repo import Change, GitRepo
-from gitsync.sync import commits
-from gitsync.sync.job import SyncJob, in_prefix, join_prefix, strip_prefix
-from gitsync.sync.scan import (
+from gitsync.secretscan.scan import (
     ALLOWLIST_COMMENT,
     Finding,
     HeldItem,

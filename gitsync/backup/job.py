@@ -9,14 +9,13 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from gitsync.config import SecretScanPolicy
 from gitsync.git.repo import Change, Identity
 from gitsync.git.transport import default_username
 from gitsync.secrets import Redactor, Secret
-from gitsync.sync.scan import Finding, HeldItem
+from gitsync.secretscan.scan import Finding, HeldItem
 from gitsync.windmill.coverage import Coverage, Gap
 from gitsync.windmill.items import ItemChange
 from gitsync.windmill.version import Versions
@@ -206,15 +205,6 @@ class CommitInfo:
         }
 
 
-def target_key(
-    windmill_base_url: str, workspace: str, remote_url: str, branch: str, path_prefix: str = ""
-) -> str:
-    material = "\n".join((windmill_base_url, workspace, remote_url, branch))
-    if path_prefix:
-        material += "\n" + path_prefix
-    return hashlib.sha256(material.encode()).hexdigest()[:24]
-
-
 def success_message(result: SyncResult) -> str:
     held = result.all_held
     if held:
@@ -247,15 +237,3 @@ def strip_prefix(path: str, prefix: str) -> str:
 
 def join_prefix(prefix: str, path: str) -> str:
     return f"{prefix}/{path}" if prefix else path
-
-
-@dataclass(eq=False)
-class Run:
-    """An accepted sync: its job id, its target, and the future its callers wait on."""
-
-    job_id: str
-    key: str
-    fingerprint: str
-    job: SyncJob
-    future: Future[SyncResult] = field(default_factory=Future)
-    started: bool = False

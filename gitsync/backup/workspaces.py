@@ -8,9 +8,9 @@ import time
 import urllib.error
 from collections.abc import Callable
 
+from gitsync.backup.job import Progress, SyncJob, SyncResult, join_prefix
 from gitsync.config import Settings
 from gitsync.errors import SyncError, WindmillAuthError, WindmillError, WindmillGitSyncError
-from gitsync.sync.job import Progress, SyncJob, SyncResult, join_prefix
 from gitsync.windmill.api import WindmillApi
 
 _WORKSPACE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,49}")

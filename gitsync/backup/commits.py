@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from gitsync.config import Settings
-from gitsync.git.repo import Change, GitRepo, Identity
-from gitsync.sync.job import (
+from gitsync.backup.job import (
     MAX_LISTED_CHANGES,
     CommitInfo,
     SyncJob,
@@ -14,6 +12,8 @@ from gitsync.sync.job import (
     join_prefix,
     strip_prefix,
 )
+from gitsync.config import Settings
+from gitsync.git.repo import Change, GitRepo, Identity
 from gitsync.version import CLI_VERSION
 from gitsync.windmill import attribution, items
 from gitsync.windmill.api import WindmillApi

@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gitsync.backup import commits, coverage_step, guards, readme
+from gitsync.backup.base import choose_base
+from gitsync.backup.job import CommitInfo, Progress, SyncJob, SyncResult, strip_prefix
+from gitsync.backup.skip import Decision, PullGate
 from gitsync.config import SecretScanPolicy, Settings
 from gitsync.deadline import Deadline
 from gitsync.errors import CommandError, GitError
@@ -32,11 +36,7 @@ from gitsync.git.repo import Change, GitRepo, is_corruption
 from gitsync.git.transport import PushOutcome
 from gitsync.retry import with_retries
 from gitsync.secrets import Redactor
-from gitsync.sync import commits, coverage_step, guards, readme
-from gitsync.sync.base import choose_base
-from gitsync.sync.job import CommitInfo, Progress, SyncJob, SyncResult, strip_prefix
-from gitsync.sync.scan import Finding, HeldItem, SecretScanner
-from gitsync.sync.skip import Decision, PullGate
+from gitsync.secretscan.scan import Finding, HeldItem, SecretScanner
 from gitsync.windmill import items, mirror
 from gitsync.windmill.recorder import PassThrough
 from gitsync.windmill.wmill import WmillCli

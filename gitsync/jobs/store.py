@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gitsync.sync.summaries import TargetSummaries, TargetSummary
+from gitsync.jobs.summaries import TargetSummaries, TargetSummary
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

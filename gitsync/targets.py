@@ -1,4 +1,7 @@
-"""One sync at a time per target, across threads and processes.
+"""Targets: the key that names one (a workspace, a remote, a branch, a prefix), and their locks.
+
+One sync, restore or history deepening at a time per target, across threads
+and processes.
 
 A thread lock serialises requests inside this process; an ``flock`` on a file
 in DATA_DIR does the same across processes sharing the volume, and the
@@ -9,6 +12,7 @@ locked.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import threading
 import time
@@ -54,3 +58,12 @@ class TargetLocks:
                 os.close(fd)  # releases the flock
         finally:
             lock.release()
+
+
+def target_key(
+    windmill_base_url: str, workspace: str, remote_url: str, branch: str, path_prefix: str = ""
+) -> str:
+    material = "\n".join((windmill_base_url, workspace, remote_url, branch))
+    if path_prefix:
+        material += "\n" + path_prefix
+    return hashlib.sha256(material.encode()).hexdigest()[:24]

@@ -18,14 +18,15 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from gitsync.backup.job import SyncJob
+from gitsync.backup.service import SyncService
 from gitsync.config import Settings
 from gitsync.errors import Busy, ShuttingDown, WindmillGitSyncError
+from gitsync.jobs.outcomes import RunOutcomes
+from gitsync.jobs.run import Run
+from gitsync.jobs.store import JobStore
 from gitsync.ops.alerts import AlertSender
 from gitsync.ops.metrics import Metrics
-from gitsync.sync.job import Run, SyncJob
-from gitsync.sync.jobs import JobStore
-from gitsync.sync.outcomes import RunOutcomes
-from gitsync.sync.service import SyncService
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""One sync of one target: pull the workspace, stage, commit and push it, and what they use."""
