@@ -11,7 +11,6 @@ applies to them too.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -26,6 +25,7 @@ from gitsync.git.reads import export_tree, fetch_everything, resolve
 from gitsync.git.repo import GitRepo
 from gitsync.git.walk import MissingPrefix
 from gitsync.secrets import Redactor, Secret
+from gitsync.sync.job import target_key
 from gitsync.sync.locks import TargetLocks
 from gitsync.windmill import items, mirror
 from gitsync.windmill.wmill import Scope, WmillCli
@@ -47,6 +47,19 @@ class RestoreJob:
     apply: bool = False
     allow_deletions: bool = False
     allow_mass_deletion: bool = False
+    # The branch the workspace is backed up to: with the prefix, it names the
+    # target whose syncs a restore must not overlap.
+    branch: str = "main"
+
+    def key(self, settings: Settings) -> str:
+        """The target's key: the same lane and lock as its syncs."""
+        return target_key(
+            settings.windmill_base_url,
+            self.workspace,
+            self.remote_url,
+            self.branch,
+            self.path_prefix,
+        )
 
     def redactor(self) -> Redactor:
         return Redactor([self.windmill_token, self.git_token], [self.git_username])
@@ -79,19 +92,16 @@ class RestoreResult:
 
 
 class RestoreService:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, locks: TargetLocks) -> None:
         self.settings = settings
         self.wmill = WmillCli(settings)
-        self.locks = TargetLocks(settings.data_dir / "locks")
+        # The service's own locks: a sync of the target waits for the restore.
+        self.locks = locks
 
     def restore(self, job: RestoreJob) -> RestoreResult:
         deadline = Deadline(self.settings.sync_timeout, what="the restore")
-        key = (
-            "restore-"
-            + hashlib.sha256(
-                f"{self.settings.windmill_base_url}\n{job.remote_url}".encode()
-            ).hexdigest()[:24]
-        )
+        key = job.key(self.settings)
+        # A scratch copy per target: restores of other targets never share it unlocked.
         root = self.settings.data_dir / "restore" / key
         with self.locks.hold(key, deadline):
             root.mkdir(parents=True, exist_ok=True)
