@@ -259,6 +259,9 @@ class RunOutcomes:
                 "detail": exc.detail,
             },
         )
+
+    def alert_failure(self, run: Run, exc: WindmillGitSyncError) -> None:
+        """POST the failure to ALERT_WEBHOOK_URL (up to its timeout): after the caller's answer."""
         if self.alerts is not None:
             job = run.job
             self.alerts.send(

@@ -47,6 +47,13 @@ class _Lane:
 
 
 @dataclass(frozen=True)
+class _Outcome:
+    settle: Callable[[], None]  # answers the callers
+    record: Callable[[], None]  # the job record, summary, metrics, log line
+    notify: Callable[[], None] | None = None  # the failure alert
+
+
+@dataclass(frozen=True)
 class Ticket:
     run: Run
     coalesced: bool
@@ -193,18 +200,29 @@ class SyncRunner:
             self._in_flight += 1
             self.metrics.queue_depth.set(self._not_started)
             self.metrics.in_flight.set(self._in_flight)
+        outcome: _Outcome | None = None
         try:
-            record = self._answer(run)
-            # The caller has its answer; the rest is bookkeeping and must not raise.
-            try:
-                record()
-            except Exception:
-                log.exception("job %s: recording its outcome failed", run.job_id)
+            outcome = self._run(run)
+            # Before the answer, so a caller reading GET /jobs/<id> next sees it;
+            # guarded, and the store's own writes are (outcomes.write).
+            _guarded(outcome.record, run, "recording its outcome")
         finally:
-            self._next_in_lane(run)
+            with self._lock:
+                self._in_flight -= 1
+                self.metrics.in_flight.set(self._in_flight)
+            if outcome is not None:
+                outcome.settle()
+            elif not run.future.done():  # unreachable unless _run itself broke
+                run.future.set_exception(WindmillGitSyncError("Internal error; see the log"))
+            try:
+                if outcome is not None and outcome.notify is not None:
+                    # A webhook of up to 10 s: after the answer, never instead of it.
+                    _guarded(outcome.notify, run, "sending its alert")
+            finally:
+                self._next_in_lane(run)
 
-    def _answer(self, run: Run | Task) -> Callable[[], None]:
-        """Run the job and settle its future; return what records its outcome."""
+    def _run(self, run: Run | Task) -> _Outcome:
+        """Run the job; return how to answer its callers and record it. Never raises."""
         started = time.monotonic()
         try:
             self.outcomes.write_unwritten()
@@ -218,28 +236,34 @@ class SyncRunner:
         except WindmillGitSyncError as exc:
             exc.job_id = run.job_id  # type: ignore[attr-defined]
             seconds = time.monotonic() - started
-            run.future.set_exception(exc)
+            settle = functools.partial(run.future.set_exception, exc)
             if isinstance(run, Task):
-                return functools.partial(self.outcomes.task_failed, run, exc)
-            return functools.partial(self.outcomes.failed, run, exc, seconds)
+                return _Outcome(settle, functools.partial(self.outcomes.task_failed, run, exc))
+            return _Outcome(
+                settle,
+                functools.partial(self.outcomes.failed, run, exc, seconds),
+                functools.partial(self.outcomes.alert_failure, run, exc),
+            )
         except BaseException as exc:
             # The outermost job boundary: log the traceback, record a failure.
             log.exception("%s job %s crashed", _kind(run), run.job_id)
             seconds = time.monotonic() - started
-            run.future.set_exception(exc)
+            settle = functools.partial(run.future.set_exception, exc)
             if isinstance(run, Task):
-                return functools.partial(self.outcomes.task_failed, run, None)
-            return functools.partial(self.outcomes.crashed, run, seconds)
+                return _Outcome(settle, functools.partial(self.outcomes.task_failed, run, None))
+            return _Outcome(settle, functools.partial(self.outcomes.crashed, run, seconds))
         if isinstance(run, Task):
-            run.future.set_result(value)
-            return functools.partial(self.outcomes.task_succeeded, run, value)
-        run.future.set_result(result)
-        return functools.partial(self.outcomes.succeeded, run, result)
+            return _Outcome(
+                functools.partial(run.future.set_result, value),
+                functools.partial(self.outcomes.task_succeeded, run, value),
+            )
+        return _Outcome(
+            functools.partial(run.future.set_result, result),
+            functools.partial(self.outcomes.succeeded, run, result),
+        )
 
     def _next_in_lane(self, finished: Run | Task) -> None:
         with self._lock:
-            self._in_flight -= 1
-            self.metrics.in_flight.set(self._in_flight)
             lane = self._lanes[finished.key]
             lane.current = lane.waiting.pop(0) if lane.waiting else None
             if lane.current is None:
@@ -326,3 +350,11 @@ def _kind(run: Run | Task) -> str:
 def _log_lost_exception(future: Future[None]) -> None:
     if not future.cancelled() and (exc := future.exception()) is not None:
         log.error("a runner thread failed", exc_info=exc)
+
+
+def _guarded(step: Callable[[], None], run: Run | Task, what: str) -> None:
+    try:
+        step()
+    except Exception:
+        # Bookkeeping never takes the answer or the lane down with it.
+        log.exception("job %s: %s failed", run.job_id, what)
