@@ -297,7 +297,12 @@ def test_ready_reports_a_missing_cli(windmill: WindmillEmulator, tmp_path: Path)
 
 
 def test_ready_when_everything_is_there(service: ServiceProcess) -> None:
-    assert service.get("/ready").json() == {"status": "ready", "owed_runs": []}
+    assert service.get("/ready").json() == {
+        "status": "ready",
+        "owed_runs": [],
+        # No MAX_FILE_BYTES set: the limit is off, and /ready says so.
+        "limits": {"max_file_bytes": {"configured": None, "enforced": False}},
+    }
 
 
 def test_the_windmill_kit_loads_with_the_real_cli(
