@@ -171,9 +171,9 @@ def test_a_data_dir_filled_mid_sync_answers_the_caller_and_recovers_without_a_re
                 assert answer.json()["job_id"] == job_id
                 ready = proc.get("/ready")
                 assert ready.status_code == 503
-                assert any(
-                    "DATA_DIR" in p and "full" in p for p in ready.json()["problems"]
-                ), ready.json()
+                assert any("DATA_DIR" in p and "full" in p for p in ready.json()["problems"]), (
+                    ready.json()
+                )
 
                 # Space is back: the next sync backs the change up, no restart.
                 filler.unlink()
@@ -254,8 +254,7 @@ def test_a_burst_of_80_syncs_against_a_slow_git_host_never_starves_health(
         # Those told to poll find their job finished.
         for job_id in {a.json()["job_id"] for a in answers if a.status_code == 202}:
             record = wait_for(
-                lambda j=job_id: (r := proc.get(f"/jobs/{j}").json())["state"] == "succeeded"
-                and r,
+                lambda j=job_id: (r := proc.get(f"/jobs/{j}").json())["state"] == "succeeded" and r,
                 "a polled job to finish",
             )
             assert record["phase"] == "done"
