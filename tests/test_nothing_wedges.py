@@ -135,7 +135,7 @@ def wait_for(predicate: Any, what: str, timeout: float = 60) -> Any:
 def running_job(proc: ServiceProcess, workspace: str, kind: str = "sync") -> str | None:
     jobs = proc.get("/jobs", params={"workspace": workspace}).json()["jobs"]
     for job in jobs:
-        if job["state"] == "running" and job["kind"] == kind:
+        if job["state"] == "running" and job.get("kind", "sync") == kind:
             return str(job["id"])
     return None
 
