@@ -155,7 +155,8 @@ def _one_shot(settings: Settings, args: argparse.Namespace) -> int:
             print(json.dumps(output, indent=2))
             return EXIT_PARTIAL
     else:
-        restored = RestoreService(settings).restore(parse_restore_request(body).to_job())
+        locks = SyncService(settings).locks
+        restored = RestoreService(settings, locks).restore(parse_restore_request(body).to_job())
         output = {"success": True, **restored.to_dict()}
     print(json.dumps(output, indent=2))
     return EXIT_OK
@@ -168,7 +169,7 @@ def _history(settings: Settings, body: dict[str, Any]) -> int:
         query = parse_history_request(body).to_query()
     else:
         query = parse_history_query({k: v for k, v in body.items() if k != "git_username"})
-    found = item_history(settings, query)
+    found = item_history(settings, query, SyncService(settings).locks)
     output = {"success": True, "workspace": query.workspace, "path": query.item_path}
     print(json.dumps({**output, **found.to_dict()}, indent=2))
     return EXIT_OK

@@ -130,6 +130,12 @@ class ShuttingDown(Busy):
     code = "shutting_down"
 
 
+class JobStoreUnavailable(Busy):
+    """The job history (SQLite in DATA_DIR) cannot be written: the disk is full or read-only."""
+
+    code = "job_store_unavailable"
+
+
 class SyncTimeout(SyncError):
     code = "timeout"
 
@@ -145,6 +151,13 @@ class WindmillError(SyncError):
 
 class WindmillAuthError(WindmillError):
     code = "windmill_auth_failed"
+
+
+class NoWorkspaces(WindmillError):
+    """A ``"workspace": "*"`` sync whose token lists no workspace: nothing was backed up."""
+
+    code = "no_workspaces"
+    http_status = 422
 
 
 class GitError(SyncError):

@@ -268,6 +268,8 @@ def test_ready_when_everything_is_there(service: ServiceProcess) -> None:
         "owed_runs": [],
         # Windmill's version beside the pinned CLI's (tests/test_coverage.py: far apart).
         "windmill": {"server_version": "1.819.0", "cli_version": "1.819.0"},
+        # No MAX_FILE_BYTES set: the limit is off, and /ready says so.
+        "limits": {"max_file_bytes": {"configured": None, "enforced": False}},
     }
 
 

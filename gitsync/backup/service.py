@@ -72,12 +72,15 @@ class SyncService:
             job.path_prefix,
         )
 
-    def sync(self, job: SyncJob, progress: Progress | None = None) -> SyncResult:
+    def sync(
+        self, job: SyncJob, progress: Progress | None = None, deadline: Deadline | None = None
+    ) -> SyncResult:
+        """Sync one target; ``deadline`` (default: SYNC_TIMEOUT from now) bounds all of it."""
+        deadline = deadline or Deadline(self.settings.sync_timeout)
         if job.workspace == "*":
-            every = sync_every_workspace(self.settings, job, progress, self.sync)
+            every = sync_every_workspace(self.settings, job, progress, self.sync, deadline)
             return dataclasses.replace(every, versions=self.windmill_version.current())
         started = time.monotonic()
-        deadline = Deadline(self.settings.sync_timeout)
         report = progress or (lambda phase: None)
         report("waiting_for_lock")
         key = self.key_for(job)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import time
 import urllib.error
@@ -10,8 +11,18 @@ from collections.abc import Callable
 
 from gitsync.backup.job import Progress, SyncJob, SyncResult, join_prefix
 from gitsync.config import Settings
-from gitsync.errors import SyncError, WindmillAuthError, WindmillError, WindmillGitSyncError
+from gitsync.deadline import Deadline
+from gitsync.errors import (
+    NoWorkspaces,
+    SyncError,
+    SyncTimeout,
+    WindmillAuthError,
+    WindmillError,
+    WindmillGitSyncError,
+)
 from gitsync.windmill.api import WindmillApi
+
+log = logging.getLogger(__name__)
 
 _WORKSPACE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,49}")
 
@@ -20,9 +31,14 @@ def sync_every_workspace(
     settings: Settings,
     job: SyncJob,
     progress: Progress | None,
-    sync_one: Callable[[SyncJob, Progress | None], SyncResult],
+    sync_one: Callable[[SyncJob, Progress | None, Deadline], SyncResult],
+    deadline: Deadline,
 ) -> SyncResult:
-    """Each workspace the token can see, under its own sub-directory, one after another."""
+    """Each workspace the token can see, under its own sub-directory, one after another.
+
+    One deadline bounds them all; each workspace's outcome is reported, and
+    one failing (even unforeseen) does not stop the others.
+    """
     started = time.monotonic()
     api = WindmillApi(
         settings.windmill_base_url,
@@ -43,6 +59,12 @@ def sync_every_workspace(
         raise WindmillError(
             f"Could not list workspaces at {settings.windmill_base_url}", transient=True
         ) from None
+    if not ids:
+        # A backup of nothing must not read as a success (nor refresh the staleness gauge).
+        raise NoWorkspaces(
+            "The Windmill token lists no workspace: nothing was backed up. Give the token "
+            "access to the workspaces to back up, or name one workspace"
+        )
     results: list[SyncResult] = []
     failures: list[tuple[str, WindmillGitSyncError]] = []
     for workspace in ids:
@@ -52,20 +74,35 @@ def sync_every_workspace(
                 (workspace, WindmillError("Windmill listed an invalid workspace id; skipped"))
             )
             continue
+        if deadline.remaining() <= 0:
+            failures.append(
+                (
+                    workspace,
+                    SyncTimeout("the sync of every workspace (not started)", deadline.seconds),
+                )
+            )
+            continue
         one = dataclasses.replace(
             job, workspace=workspace, path_prefix=join_prefix(job.path_prefix, workspace)
         )
         try:
-            results.append(sync_one(one, progress))
+            results.append(sync_one(one, progress, deadline))
         except WindmillGitSyncError as exc:
             failures.append((workspace, exc))
+        except Exception:
+            # One workspace's unforeseen failure must not cost the others their
+            # backup: logged with its traceback here, reported as internal_error.
+            log.exception("the sync of workspace %s crashed", workspace)
+            failures.append(
+                (workspace, WindmillGitSyncError("Internal error; see the service log"))
+            )
     if failures:
         error = SyncError(
             f"{len(failures)} of {len(ids)} workspaces failed: "
             + "; ".join(f"{ws}: {exc.message}" for ws, exc in failures)
         )
         error.response_extra = {
-            "workspaces": [r.to_dict() for r in results]
+            "workspaces": [{**r.to_dict(), "success": True} for r in results]
             + [
                 {"workspace": ws, "success": False, "error": exc.code, "message": exc.message}
                 for ws, exc in failures

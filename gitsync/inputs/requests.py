@@ -248,6 +248,7 @@ class RestoreRequest(_TargetRequest):
             apply=self.apply,
             allow_deletions=self.allow_deletions,
             allow_mass_deletion=self.allow_mass_deletion,
+            branch=self.git_branch,
         )
 
 

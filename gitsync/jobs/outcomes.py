@@ -2,12 +2,19 @@
 
 Kept apart from the runner's queue and lanes: what happens to a finished
 run's record does not depend on how it was scheduled.
+
+The job store lives on DATA_DIR, which can fill up or turn read-only (ext4
+does on disk errors). A write that fails here is logged and kept, and tried
+again before the next run: a record never stops an answer or a lane.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
+import sqlite3
+import threading
 import time
 from typing import Any
 
@@ -15,6 +22,7 @@ from gitsync.backup.job import SyncResult, success_message
 from gitsync.errors import Refused, SecretDetected, WindmillGitSyncError
 from gitsync.jobs.run import Run
 from gitsync.jobs.store import JobStore
+from gitsync.jobs.tasks import Task
 from gitsync.ops.alerts import AlertSender
 from gitsync.ops.metrics import Metrics, target_label
 from gitsync.secretscan.scan import HeldItem
@@ -26,6 +34,9 @@ RECORDED_COVERAGE_KEYS = ("not_backed_up", "scope_excludes", "skipped_by_policy"
 # "logger" field of each sync's line is something log queries match on.
 log = logging.getLogger("gitsync.sync.runner")
 
+# Job-record writes kept for a retry while DATA_DIR cannot take them.
+_MAX_UNWRITTEN = 1000
+
 
 class RunOutcomes:
     """Records and reports each run as it starts and ends; shared by every run."""
@@ -34,13 +45,96 @@ class RunOutcomes:
         self.store = store
         self.metrics = metrics
         self.alerts = alerts
+        self._unwritten_lock = threading.Lock()
+        self._unwritten: collections.deque[tuple[str, dict[str, Any]]] = collections.deque(
+            maxlen=_MAX_UNWRITTEN
+        )
 
-    def running(self, run: Run) -> None:
-        self.store.update(run.job_id, state="running", started_at=time.time())
+    def write(self, job_id: str, **fields: Any) -> None:
+        """Update a job record; if DATA_DIR refuses, log it and keep it for later."""
+        try:
+            self.store.update(job_id, **fields)
+        except (sqlite3.Error, OSError) as exc:
+            log.error(
+                "job %s: its record was not written (%s); kept for a retry",
+                job_id,
+                exc,
+                extra={"event": "job_store", "job_id": job_id},
+            )
+            with self._unwritten_lock:
+                self._unwritten.append((job_id, fields))
+
+    def write_unwritten(self) -> None:
+        """Write the records DATA_DIR refused before, oldest first, while it takes them."""
+        while True:
+            with self._unwritten_lock:
+                if not self._unwritten:
+                    return
+                job_id, fields = self._unwritten[0]
+            try:
+                self.store.update(job_id, **fields)
+            except (sqlite3.Error, OSError):
+                return  # still refused: the next run tries again
+            with self._unwritten_lock:
+                if self._unwritten and self._unwritten[0][0] == job_id:
+                    self._unwritten.popleft()
+            log.info("job %s: its record was written late", job_id, extra={"job_id": job_id})
+
+    def progress(self, job_id: str, phase: str) -> None:
+        # Best effort: a phase is a hint, and the outcome that follows replaces it.
+        try:
+            self.store.update(job_id, phase=phase)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("job %s: phase %s not recorded (%s)", job_id, phase, exc)
+
+    def running(self, run: Run | Task) -> None:
+        self.write(run.job_id, state="running", started_at=time.time())
+
+    def task_succeeded(self, task: Task, result: object) -> None:
+        log.info(
+            "%s done",
+            task.kind,
+            extra={"event": task.kind, "outcome": "success", "job_id": task.job_id},
+        )
+        self.write(
+            task.job_id,
+            state="succeeded",
+            finished_at=time.time(),
+            phase="done",
+            result_json=json.dumps({"result": task.describe(result)}),
+        )
+
+    def task_failed(self, task: Task, exc: WindmillGitSyncError | None) -> None:
+        """A restore or history fetch failed; ``exc`` is None for an unforeseen error."""
+        code = exc.code if exc is not None else "internal_error"
+        message = exc.message if exc is not None else "Internal error; see the service log"
+        refused = isinstance(exc, Refused) or (exc is not None and exc.http_status < 500)
+        log.error(
+            "%s %s: %s",
+            task.kind,
+            "refused" if refused else "failed",
+            message,
+            extra={
+                "event": task.kind,
+                "outcome": "refused" if refused else "error",
+                "job_id": task.job_id,
+                "error": code,
+                "detail": exc.detail if exc is not None else None,
+            },
+        )
+        self.write(
+            task.job_id,
+            state="refused" if refused else "failed",
+            finished_at=time.time(),
+            phase="done",
+            error=code,
+            message=message,
+            result_json=json.dumps({"result": exc.response_extra if exc is not None else {}}),
+        )
 
     def failed(self, run: Run, exc: WindmillGitSyncError, seconds: float) -> None:
         self._report_failure(run, exc, seconds)
-        self.store.update(
+        self.write(
             run.job_id,
             finished_at=time.time(),
             phase="done",
@@ -56,7 +150,7 @@ class RunOutcomes:
     def crashed(self, run: Run, seconds: float) -> None:
         """A failure the sync did not foresee; the runner has logged its traceback."""
         self._record(run, "error", seconds)
-        self.store.update(
+        self.write(
             run.job_id,
             state="failed",
             finished_at=time.time(),
@@ -68,7 +162,7 @@ class RunOutcomes:
     def succeeded(self, run: Run, result: SyncResult) -> None:
         data = result.to_dict()
         held = result.all_held
-        self.store.update(
+        self.write(
             run.job_id,
             # Pushed, but not whole: never to be read as a clean success.
             state="partial" if held else "succeeded",
@@ -113,16 +207,23 @@ class RunOutcomes:
         # The store's summary first: it is what the gauges restart from.
         at = time.time()
         job = run.job
-        before = self.store.target_summaries.record(
-            run.key,
-            label=self._label(run),
-            workspace=job.workspace,
-            remote=job.remote_url,
-            branch=job.branch,
-            outcome=outcome,
-            at=at,
-            held=held,
-        )
+        before: list[dict[str, Any]] = []
+        try:
+            before = self.store.target_summaries.record(
+                run.key,
+                label=self._label(run),
+                workspace=job.workspace,
+                remote=job.remote_url,
+                branch=job.branch,
+                outcome=outcome,
+                at=at,
+                held=held,
+            )
+        except (sqlite3.Error, OSError) as exc:
+            # The gauges below still move; only a restart would start from the older summary.
+            log.error(
+                "the target's summary was not written (%s)", exc, extra={"job_id": run.job_id}
+            )
         self.metrics.record(self._label(run), outcome, seconds, at=at, **counts)
         if held is not None:
             self.metrics.held_items.labels(self._label(run)).set(len(held))
@@ -238,6 +339,9 @@ class RunOutcomes:
                 "detail": exc.detail,
             },
         )
+
+    def alert_failure(self, run: Run, exc: WindmillGitSyncError) -> None:
+        """POST the failure to ALERT_WEBHOOK_URL (up to its timeout): after the caller's answer."""
         if self.alerts is not None:
             job = run.job
             self.alerts.send(
@@ -277,7 +381,11 @@ class RunOutcomes:
     def _complete_owed(self, run: Run) -> None:
         # Jobs of this target cut off by a shutdown or a crash are done now:
         # this run pulled the whole workspace after they were accepted.
-        completed = self.store.complete_interrupted(run.key, run.job_id)
+        try:
+            completed = self.store.complete_interrupted(run.key, run.job_id)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("owed jobs were not marked completed (%s)", exc)
+            return
         if completed:
             log.info(
                 "owed run completed: %d interrupted job(s) of this target",

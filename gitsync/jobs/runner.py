@@ -6,17 +6,24 @@ one already waiting in the lane joins it instead of queueing another run,
 so every caller still gets the result of a run that started after its
 request arrived. Different targets run in parallel up to
 MAX_CONCURRENT_SYNCS; beyond MAX_QUEUED_SYNCS waiting runs, callers are told
-to come back later (503 with Retry-After).
+to come back later (503 with Retry-After). Restores and history fetches
+(``tasks``) queue in their target's lane too, so they never overlap its syncs.
+
+A run's caller is answered first, in a ``finally``; its records and alert come
+after, guarded: a full or read-only DATA_DIR never strands a caller or a lane.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from gitsync.backup.job import SyncJob
 from gitsync.backup.service import SyncService
@@ -25,6 +32,7 @@ from gitsync.errors import Busy, ShuttingDown, WindmillGitSyncError
 from gitsync.jobs.outcomes import RunOutcomes
 from gitsync.jobs.run import Run
 from gitsync.jobs.store import JobStore
+from gitsync.jobs.tasks import Task
 from gitsync.ops.alerts import AlertSender
 from gitsync.ops.metrics import Metrics
 
@@ -35,8 +43,15 @@ RETRY_AFTER_SECONDS = 30
 
 @dataclass
 class _Lane:
-    current: Run | None = None  # submitted to the pool (maybe not started yet)
-    waiting: list[Run] = field(default_factory=list)
+    current: Run | Task | None = None  # submitted to the pool (maybe not started yet)
+    waiting: list[Run | Task] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    settle: Callable[[], None]  # answers the callers
+    record: Callable[[], None]  # the job record, summary, metrics, log line
+    notify: Callable[[], None] | None = None  # the failure alert
 
 
 @dataclass(frozen=True)
@@ -85,39 +100,99 @@ class SyncRunner:
         key = self.service.key_for(job)
         fingerprint = job.fingerprint()
         with self._lock:
-            if not self._accepting:
-                raise ShuttingDown(
-                    "The service is shutting down; retry shortly", RETRY_AFTER_SECONDS
-                )
-            lane = self._lanes.setdefault(key, _Lane())
-            for run in [lane.current, *lane.waiting]:
-                if run is not None and not run.started and run.fingerprint == fingerprint:
-                    self.store.add_request(run.job_id)
-                    return Ticket(run, coalesced=True)
-            if self._not_started >= self.settings.max_queued_syncs:
-                raise Busy(
-                    f"Too many syncs waiting ({self._not_started}); retry in "
-                    f"{RETRY_AFTER_SECONDS} s",
-                    RETRY_AFTER_SECONDS,
-                )
-            run = Run(uuid.uuid4().hex, key, fingerprint, job)
-            self.store.create(
-                run.job_id,
-                target=key,
-                workspace=job.workspace,
-                remote=job.remote_url,
-                branch=job.branch,
+            self._check_accepting()
+            lane = self._lanes.get(key, _Lane())
+            for queued in [lane.current, *lane.waiting]:
+                if (
+                    isinstance(queued, Run)
+                    and not queued.started
+                    and queued.fingerprint == fingerprint
+                ):
+                    joined = queued
+                    break
+            else:
+                joined = None
+                self._reserve_slot()
+        if joined is not None:
+            # Outside the lock: a slow disk delays this caller, not every other one.
+            self.store.add_request(joined.job_id)
+            return Ticket(joined, coalesced=True)
+        run = Run(uuid.uuid4().hex, key, fingerprint, job)
+        self._record_accepted(run.job_id, key, "sync", job.workspace, job.remote_url, job.branch)
+        self._enqueue(run)
+        return Ticket(run, coalesced=False)
+
+    def submit_task(
+        self,
+        kind: str,
+        key: str,
+        *,
+        workspace: str,
+        remote: str,
+        branch: str,
+        work: Callable[[], Any],
+        describe: Callable[[Any], dict[str, object]] | None = None,
+    ) -> Task:
+        """Queue a restore or history fetch in the lane of the target it touches."""
+        with self._lock:
+            self._check_accepting()
+            self._reserve_slot()
+        task = Task(uuid.uuid4().hex, key, kind, workspace, remote, branch, work)
+        if describe is not None:
+            task.describe = describe
+        self._record_accepted(task.job_id, key, kind, workspace, remote, branch)
+        self._enqueue(task)
+        return task
+
+    def _check_accepting(self) -> None:
+        if not self._accepting:
+            raise ShuttingDown("The service is shutting down; retry shortly", RETRY_AFTER_SECONDS)
+
+    def _reserve_slot(self) -> None:
+        # Under self._lock. The slot is taken before the job is written down, so
+        # the bound holds while the store is written outside the lock.
+        if self._not_started >= self.settings.max_queued_syncs:
+            raise Busy(
+                f"Too many syncs waiting ({self._not_started}); retry in {RETRY_AFTER_SECONDS} s",
+                RETRY_AFTER_SECONDS,
             )
-            self._not_started += 1
-            self.metrics.queue_depth.set(self._not_started)
+        self._not_started += 1
+        self.metrics.queue_depth.set(self._not_started)
+
+    def _record_accepted(
+        self, job_id: str, key: str, kind: str, workspace: str, remote: str, branch: str
+    ) -> None:
+        try:
+            self.store.create(
+                job_id, target=key, workspace=workspace, remote=remote, branch=branch, kind=kind
+            )
+        except BaseException:
+            with self._lock:
+                self._not_started -= 1
+                self.metrics.queue_depth.set(self._not_started)
+            raise
+
+    def _enqueue(self, run: Run | Task) -> None:
+        with self._lock:
+            if self._closing:  # a shutdown began while the job was written down
+                self._not_started -= 1
+                self.outcomes.write(
+                    run.job_id, state="interrupted", error="shutting_down", finished_at=time.time()
+                )
+                self._check_accepting()
+            lane = self._lanes.setdefault(run.key, _Lane())
             if lane.current is None:
                 lane.current = run
-                self._pool.submit(self._execute, run)
+                self._start(run)
             else:
                 lane.waiting.append(run)
-            return Ticket(run, coalesced=False)
 
-    def _execute(self, run: Run) -> None:
+    def _start(self, run: Run | Task) -> None:
+        # Under self._lock. An exception in the pool's thread would stay in a
+        # future nobody reads: it is logged instead.
+        self._pool.submit(self._execute, run).add_done_callback(_log_lost_exception)
+
+    def _execute(self, run: Run | Task) -> None:
         with self._lock:
             if run.future.done():  # cancelled by shutdown()
                 return
@@ -126,37 +201,76 @@ class SyncRunner:
             self._in_flight += 1
             self.metrics.queue_depth.set(self._not_started)
             self.metrics.in_flight.set(self._in_flight)
-        started = time.monotonic()
-        self.outcomes.running(run)
+        outcome: _Outcome | None = None
         try:
-            result = self.service.sync(
-                run.job, progress=lambda phase: self.store.update(run.job_id, phase=phase)
-            )
+            outcome = self._run(run)
+            # Before the answer, so a caller reading GET /jobs/<id> next sees it;
+            # guarded, and the store's own writes are (outcomes.write).
+            _guarded(outcome.record, run, "recording its outcome")
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self.metrics.in_flight.set(self._in_flight)
+            if outcome is not None:
+                outcome.settle()
+            elif not run.future.done():  # unreachable unless _run itself broke
+                run.future.set_exception(WindmillGitSyncError("Internal error; see the log"))
+            try:
+                if outcome is not None and outcome.notify is not None:
+                    # A webhook of up to 10 s: after the answer, never instead of it.
+                    _guarded(outcome.notify, run, "sending its alert")
+            finally:
+                self._next_in_lane(run)
+
+    def _run(self, run: Run | Task) -> _Outcome:
+        """Run the job; return how to answer its callers and record it. Never raises."""
+        started = time.monotonic()
+        try:
+            self.outcomes.write_unwritten()
+            self.outcomes.running(run)
+            if isinstance(run, Task):
+                value = run.work()
+            else:
+                result = self.service.sync(
+                    run.job, progress=lambda phase: self.outcomes.progress(run.job_id, phase)
+                )
         except WindmillGitSyncError as exc:
             exc.job_id = run.job_id  # type: ignore[attr-defined]
-            self.outcomes.failed(run, exc, time.monotonic() - started)
-            run.future.set_exception(exc)
+            seconds = time.monotonic() - started
+            settle = functools.partial(run.future.set_exception, exc)
+            if isinstance(run, Task):
+                return _Outcome(settle, functools.partial(self.outcomes.task_failed, run, exc))
+            return _Outcome(
+                settle,
+                functools.partial(self.outcomes.failed, run, exc, seconds),
+                functools.partial(self.outcomes.alert_failure, run, exc),
+            )
         except BaseException as exc:
             # The outermost job boundary: log the traceback, record a failure.
-            log.exception("sync job %s crashed", run.job_id)
-            self.outcomes.crashed(run, time.monotonic() - started)
-            run.future.set_exception(exc)
-        else:
-            self.outcomes.succeeded(run, result)
-            run.future.set_result(result)
-        finally:
-            self._next_in_lane(run)
+            log.exception("%s job %s crashed", _kind(run), run.job_id)
+            seconds = time.monotonic() - started
+            settle = functools.partial(run.future.set_exception, exc)
+            if isinstance(run, Task):
+                return _Outcome(settle, functools.partial(self.outcomes.task_failed, run, None))
+            return _Outcome(settle, functools.partial(self.outcomes.crashed, run, seconds))
+        if isinstance(run, Task):
+            return _Outcome(
+                functools.partial(run.future.set_result, value),
+                functools.partial(self.outcomes.task_succeeded, run, value),
+            )
+        return _Outcome(
+            functools.partial(run.future.set_result, result),
+            functools.partial(self.outcomes.succeeded, run, result),
+        )
 
-    def _next_in_lane(self, finished: Run) -> None:
+    def _next_in_lane(self, finished: Run | Task) -> None:
         with self._lock:
-            self._in_flight -= 1
-            self.metrics.in_flight.set(self._in_flight)
             lane = self._lanes[finished.key]
             lane.current = lane.waiting.pop(0) if lane.waiting else None
             if lane.current is None:
                 del self._lanes[finished.key]
             elif not self._closing:
-                self._pool.submit(self._execute, lane.current)
+                self._start(lane.current)
 
     @property
     def idle(self) -> bool:
@@ -197,15 +311,20 @@ class SyncRunner:
                 if r is not None and not r.future.done()
             ]
             for run in runs:
-                self.store.update(
+                kind = _kind(run)
+                self.outcomes.write(
                     run.job_id,
                     state="interrupted",
                     finished_at=now,
                     interrupted_at=now,
                     error="shutting_down",
-                    message=f"The service stopped before this sync "
+                    message=f"The service stopped before this {kind} "
                     f"{'finished' if run.started else 'started'} ({reason}); "
-                    "the next sync of this target completes it",
+                    + (
+                        "the next sync of this target completes it"
+                        if kind == "sync"
+                        else "repeat it"
+                    ),
                 )
                 if not run.started:
                     self._not_started -= 1
@@ -223,3 +342,20 @@ class SyncRunner:
             self._accepting = False
             self._closing = True
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _kind(run: Run | Task) -> str:
+    return run.kind if isinstance(run, Task) else "sync"
+
+
+def _log_lost_exception(future: Future[None]) -> None:
+    if not future.cancelled() and (exc := future.exception()) is not None:
+        log.error("a runner thread failed", exc_info=exc)
+
+
+def _guarded(step: Callable[[], None], run: Run | Task, what: str) -> None:
+    try:
+        step()
+    except Exception:
+        # Bookkeeping never takes the answer or the lane down with it.
+        log.exception("job %s: %s failed", run.job_id, what)

@@ -12,13 +12,20 @@ same database, connection and lock).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from gitsync.errors import JobStoreUnavailable
 from gitsync.jobs.summaries import TargetSummaries, TargetSummary
+
+log = logging.getLogger(__name__)
+
+# A failed write's answer: come back when the operator has made room.
+STORE_RETRY_AFTER_SECONDS = 30
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -45,7 +52,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_json   TEXT,
     -- when a shutdown or a crash cut the job off, and the job that later did its work
     interrupted_at REAL,
-    completed_by  TEXT
+    completed_by  TEXT,
+    -- sync | restore | history (a history fetch); only syncs are owed or summarised
+    kind          TEXT NOT NULL DEFAULT 'sync'
 );
 CREATE INDEX IF NOT EXISTS jobs_workspace ON jobs (workspace, created_at);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
@@ -75,9 +84,14 @@ _COLUMNS = (
     "result_json",
     "interrupted_at",
     "completed_by",
+    "kind",
 )
 # Columns added after the first release: added to an older database at start-up.
-_ADDED_COLUMNS = {"interrupted_at": "REAL", "completed_by": "TEXT"}
+_ADDED_COLUMNS = {
+    "interrupted_at": "REAL",
+    "completed_by": "TEXT",
+    "kind": "TEXT NOT NULL DEFAULT 'sync'",
+}
 
 # Column names are constants of this module, never input.
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"  # noqa: S608
@@ -110,8 +124,10 @@ class JobStore:
             now = time.time()
             cursor = self._db.execute(
                 "UPDATE jobs SET state='interrupted', finished_at=?, interrupted_at=?, "
-                "error='interrupted', message='The service stopped before this sync "
-                "finished; the next sync of this target completes it' "
+                "error='interrupted', message=CASE kind WHEN 'sync' THEN 'The service "
+                "stopped before this sync finished; the next sync of this target "
+                "completes it' ELSE 'The service stopped before this ' || kind || "
+                "' finished; repeat it' END "
                 "WHERE state IN ('queued', 'running')",
                 (now, now),
             )
@@ -125,7 +141,8 @@ class JobStore:
         """
         with self._lock:
             rows = self._db.execute(
-                "SELECT id FROM jobs WHERE target=? AND state='interrupted' AND id != ?",
+                "SELECT id FROM jobs WHERE target=? AND state='interrupted' AND id != ? "
+                "AND kind='sync'",
                 (target, job_id),
             ).fetchall()
             ids = [row[0] for row in rows]
@@ -145,7 +162,7 @@ class JobStore:
             rows = self._db.execute(
                 "SELECT target, workspace, remote, branch, COUNT(*), "
                 "MIN(COALESCE(interrupted_at, finished_at)) FROM jobs "
-                "WHERE state='interrupted' GROUP BY target ORDER BY 6"
+                "WHERE state='interrupted' AND kind='sync' GROUP BY target ORDER BY 6"
             ).fetchall()
         return [
             {
@@ -159,18 +176,43 @@ class JobStore:
             for target, workspace, remote, branch, count, since in rows
         ]
 
-    def create(self, job_id: str, *, target: str, workspace: str, remote: str, branch: str) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO jobs (id, target, workspace, remote, branch, state, phase, "
-                "created_at) VALUES (?, ?, ?, ?, ?, 'queued', 'queued', ?)",
-                (job_id, target, workspace, remote, branch, time.time()),
-            )
-            self._prune()
+    def create(
+        self,
+        job_id: str,
+        *,
+        target: str,
+        workspace: str,
+        remote: str,
+        branch: str,
+        kind: str = "sync",
+    ) -> None:
+        """Record an accepted job; :class:`JobStoreUnavailable` if DATA_DIR cannot take it.
+
+        A job nobody can look up must not run: the caller is told to come back.
+        """
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT INTO jobs (id, target, workspace, remote, branch, state, phase, "
+                    "created_at, kind) VALUES (?, ?, ?, ?, ?, 'queued', 'queued', ?, ?)",
+                    (job_id, target, workspace, remote, branch, time.time(), kind),
+                )
+                self._prune()
+        except (sqlite3.Error, OSError) as exc:
+            log.error("the job history cannot be written: %s", exc, extra={"event": "job_store"})
+            raise JobStoreUnavailable(
+                "The job history in DATA_DIR cannot be written (the disk is full or "
+                f"read-only); retry in {STORE_RETRY_AFTER_SECONDS} s",
+                STORE_RETRY_AFTER_SECONDS,
+            ) from None
 
     def add_request(self, job_id: str) -> None:
-        with self._lock:
-            self._db.execute("UPDATE jobs SET requests = requests + 1 WHERE id=?", (job_id,))
+        """Count one more caller of a job; best effort (the count is informational)."""
+        try:
+            with self._lock:
+                self._db.execute("UPDATE jobs SET requests = requests + 1 WHERE id=?", (job_id,))
+        except (sqlite3.Error, OSError) as exc:
+            log.warning("a job's request count was not recorded: %s", exc)
 
     def update(self, job_id: str, **fields: Any) -> None:
         unknown = set(fields) - set(_COLUMNS)
@@ -206,18 +248,19 @@ class JobStore:
         """One summary per target seen in the history, most recently active first."""
         with self._lock:
             targets = self._db.execute(
-                "SELECT target, MAX(created_at) AS last FROM jobs GROUP BY target "
-                "ORDER BY last DESC"
+                "SELECT target, MAX(created_at) AS last FROM jobs WHERE kind='sync' "
+                "GROUP BY target ORDER BY last DESC"
             ).fetchall()
             summaries = []
             for target, _last in targets:
                 rows = self._db.execute(
-                    _SELECT + " WHERE target=? ORDER BY created_at DESC LIMIT ?",
+                    _SELECT + " WHERE target=? AND kind='sync' ORDER BY created_at DESC LIMIT ?",
                     (target, recent),
                 ).fetchall()
                 success = self._db.execute(
                     "SELECT finished_at, commit_id FROM jobs WHERE target=? AND "
-                    "state IN ('succeeded', 'partial') ORDER BY finished_at DESC LIMIT 1",
+                    "state IN ('succeeded', 'partial') AND kind='sync' "
+                    "ORDER BY finished_at DESC LIMIT 1",
                     (target,),
                 ).fetchone()
                 # The success may be older than the jobs kept; the summary is not pruned.
@@ -225,7 +268,9 @@ class JobStore:
                     "SELECT last_success_at, held FROM target_summary WHERE target=?", (target,)
                 ).fetchone()
                 owed = self._db.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE target=? AND state='interrupted'", (target,)
+                    "SELECT COUNT(*) FROM jobs WHERE target=? AND state='interrupted' "
+                    "AND kind='sync'",
+                    (target,),
                 ).fetchone()[0]
                 summaries.append((target, rows, success, kept, owed))
         result = []
@@ -307,6 +352,9 @@ def _to_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     for key in ("not_backed_up", "scope_excludes", "skipped_by_policy", "windmill"):
         if key in stored:
             data[key] = stored[key]
+    # A restore's or a history fetch's answer, for a caller that was told to poll.
+    if "result" in stored:
+        data["result"] = stored["result"]
     for stamp in ("created_at", "started_at", "finished_at", "interrupted_at"):
         data[stamp] = _stamp(data[stamp])
     return data

@@ -65,7 +65,10 @@ class ItemHistory:
         return found
 
 
-def item_history(settings: Settings, query: HistoryQuery, limit: int = 100) -> ItemHistory:
+def item_history(
+    settings: Settings, query: HistoryQuery, locks: TargetLocks, limit: int = 100
+) -> ItemHistory:
+    """The item's commits; with a token, fetch the branch's history first, under ``locks``."""
     key = query.key(settings)
     git_dir = settings.repos_dir / key / "repo.git"
     if not (git_dir / "HEAD").is_file():
@@ -78,7 +81,7 @@ def item_history(settings: Settings, query: HistoryQuery, limit: int = 100) -> I
     deadline = Deadline(settings.command_timeout, what="the history fetch")
     # The syncs' own lock: no fetch while a sync of this target builds or pushes.
     with (
-        TargetLocks(settings.data_dir / "locks").hold(key, deadline),
+        locks.hold(key, deadline),
         _open(settings, query, git_dir, deadline) as repo,
     ):
         fetch_history(repo)

@@ -12,7 +12,6 @@ applies to them too.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import shutil
@@ -29,7 +28,7 @@ from gitsync.git.reads import export_tree, fetch_everything, resolve
 from gitsync.git.repo import GitRepo
 from gitsync.git.walk import MissingPrefix
 from gitsync.secrets import Redactor, Secret
-from gitsync.targets import TargetLocks
+from gitsync.targets import TargetLocks, target_key
 from gitsync.windmill import items, mirror
 from gitsync.windmill.wmill import Scope, WmillCli
 
@@ -50,6 +49,19 @@ class RestoreJob:
     apply: bool = False
     allow_deletions: bool = False
     allow_mass_deletion: bool = False
+    # The branch the workspace is backed up to: with the prefix, it names the
+    # target whose syncs a restore must not overlap.
+    branch: str = "main"
+
+    def key(self, settings: Settings) -> str:
+        """The target's key: the same lane and lock as its syncs."""
+        return target_key(
+            settings.windmill_base_url,
+            self.workspace,
+            self.remote_url,
+            self.branch,
+            self.path_prefix,
+        )
 
     def redactor(self) -> Redactor:
         return Redactor([self.windmill_token, self.git_token], [self.git_username])
@@ -99,20 +111,19 @@ HeldLookup = Callable[[str, str, str], list[dict[str, Any]]]
 
 
 class RestoreService:
-    def __init__(self, settings: Settings, held_lookup: HeldLookup | None = None) -> None:
+    def __init__(
+        self, settings: Settings, locks: TargetLocks, held_lookup: HeldLookup | None = None
+    ) -> None:
         self.settings = settings
         self.held_lookup = held_lookup
         self.wmill = WmillCli(settings)
-        self.locks = TargetLocks(settings.data_dir / "locks")
+        # The service's own locks: a sync of the target waits for the restore.
+        self.locks = locks
 
     def restore(self, job: RestoreJob) -> RestoreResult:
         deadline = Deadline(self.settings.sync_timeout, what="the restore")
-        key = (
-            "restore-"
-            + hashlib.sha256(
-                f"{self.settings.windmill_base_url}\n{job.remote_url}".encode()
-            ).hexdigest()[:24]
-        )
+        key = job.key(self.settings)
+        # A scratch copy per target: restores of other targets never share it unlocked.
         root = self.settings.data_dir / "restore" / key
         with self.locks.hold(key, deadline):
             root.mkdir(parents=True, exist_ok=True)
@@ -127,11 +138,10 @@ class RestoreService:
                 deadline=deadline,
             ) as repo:
                 result = self._restore_from(job, repo, deadline)
-        if self.held_lookup is None:
+        # Only the branch's tip is what the last sync left: an older ref says nothing of it.
+        if self.held_lookup is None or job.git_ref.removeprefix("refs/heads/") != job.branch:
             return result
-        held = self.held_lookup(
-            job.remote_url, job.git_ref.removeprefix("refs/heads/"), job.path_prefix
-        )
+        held = self.held_lookup(job.remote_url, job.branch, job.path_prefix)
         return dataclasses.replace(result, held=held)
 
     def _restore_from(self, job: RestoreJob, repo: GitRepo, deadline: Deadline) -> RestoreResult:

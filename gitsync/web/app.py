@@ -42,6 +42,7 @@ from gitsync.inputs.requests import (
 )
 from gitsync.jobs.runner import RETRY_AFTER_SECONDS, SyncRunner
 from gitsync.jobs.store import JobStore
+from gitsync.jobs.tasks import HISTORY, RESTORE
 from gitsync.ops.alerts import AlertSender, Watchdog
 from gitsync.ops.metrics import Metrics
 from gitsync.ops.readiness import Readiness
@@ -49,6 +50,8 @@ from gitsync.recovery.history import HistoryQuery, item_history
 from gitsync.recovery.restore import RestoreService
 from gitsync.web import access_log, status_page
 from gitsync.web.drain import JOB_ID_KEY, Drain
+from gitsync.web.waiting import NotWaited, Waiters
+from gitsync.windmill.process import file_size_limit_problem
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +92,19 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
         AlertSender(settings.alert_webhook_url.reveal()) if settings.alert_webhook_url else None
     )
     runner = SyncRunner(service, store, settings, metrics, alerts)
-    restorer = RestoreService(settings, held_lookup=store.target_summaries.held_at)
+    # One set of target locks for syncs, restores and history fetches alike.
+    restorer = RestoreService(settings, service.locks, held_lookup=store.target_summaries.held_at)
     readiness = Readiness(settings, service.windmill_version)
+    waiters = Waiters(settings.server_threads, settings.sync_timeout)
+    file_limit = file_size_limit_problem(settings.max_file_bytes)
+    if file_limit is not None:
+        # Promised by the operator's MAX_FILE_BYTES, and not kept: say so now and in /ready.
+        log.warning(
+            "MAX_FILE_BYTES (%d) will not be applied: %s",
+            settings.max_file_bytes,
+            file_limit,
+            extra={"event": "limit_not_applied", "limit": "MAX_FILE_BYTES"},
+        )
     if alerts is not None:
         watchdog = Watchdog(
             store, alerts, stale_after=settings.stale_after, interval=settings.alert_check_interval
@@ -130,13 +144,18 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
         # Owed runs do not make the service unready: the sync that completes them must get in.
         owed = store.owed_runs()
         windmill = readiness.windmill()
+        limits = readiness.limits()
         if problems:
             response = jsonify(
-                status="not ready", problems=problems, owed_runs=owed, windmill=windmill
+                status="not ready",
+                problems=problems,
+                owed_runs=owed,
+                windmill=windmill,
+                limits=limits,
             )
             response.status_code = 503
             return response
-        return jsonify(status="ready", owed_runs=owed, windmill=windmill)
+        return jsonify(status="ready", owed_runs=owed, windmill=windmill, limits=limits)
 
     @app.get("/metrics")
     def prometheus_metrics() -> Any:
@@ -165,18 +184,13 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
         req = parse_sync_request(_json_body(), settings.git_allowed_hosts)
         ticket = runner.submit(req.to_job())
         request.environ[JOB_ID_KEY] = ticket.job_id
+        queued = f"Sync of workspace '{req.workspace}' queued"
         if not req.wait or "respond-async" in request.headers.get("Prefer", ""):
-            response = jsonify(
-                success=True,
-                message=f"Sync of workspace '{req.workspace}' queued",
-                job_id=ticket.job_id,
-                coalesced=ticket.coalesced,
-                status_url=f"/jobs/{ticket.job_id}",
-            )
-            response.status_code = 202
-            response.headers["Location"] = f"/jobs/{ticket.job_id}"
-            return response
-        result = ticket.run.future.result()  # the runner logs and counts it
+            return _accepted(ticket.job_id, queued, coalesced=ticket.coalesced)
+        try:
+            result = waiters.result(ticket.run.future)  # the runner logs and counts it
+        except NotWaited:
+            return _accepted(ticket.job_id, queued, coalesced=ticket.coalesced)
         held = bool(result.all_held)
         response = jsonify(
             success=not held,
@@ -194,12 +208,27 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     @app.post("/restore")
     def restore() -> Any:
         req = parse_restore_request(_json_body(), settings.git_allowed_hosts)
-        result = restorer.restore(req.to_job())
+        job = req.to_job()
+        task = runner.submit_task(
+            RESTORE,
+            job.key(settings),
+            workspace=job.workspace,
+            remote=job.remote_url,
+            branch=job.branch,
+            work=lambda: restorer.restore(job),
+            describe=lambda result: result.to_dict(),
+        )
+        request.environ[JOB_ID_KEY] = task.job_id
+        try:
+            result = waiters.result(task.future)
+        except NotWaited:
+            return _accepted(task.job_id, f"Restore into workspace '{job.workspace}' queued")
         verb = "Restored" if result.applied else "Dry run: would restore"
         return jsonify(
             success=True,
             message=f"{verb} {len(result.changes)} changes into workspace '{result.workspace}' "
             f"from '{result.git_ref}'",
+            job_id=task.job_id,
             **result.to_dict(),
         )
 
@@ -210,10 +239,31 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
     @app.post("/history")
     def deepened_history() -> Any:
         req = parse_history_request(_json_body(), settings.git_allowed_hosts)
-        return _history(req.to_query())
+        query = req.to_query()
+        # It fetches into the target's copy: a job in the target's lane, like a sync.
+        task = runner.submit_task(
+            HISTORY,
+            query.key(settings),
+            workspace=query.workspace,
+            remote=query.remote_url,
+            branch=query.branch,
+            work=lambda: item_history(settings, query, service.locks),
+        )
+        request.environ[JOB_ID_KEY] = task.job_id
+        try:
+            found = waiters.result(task.future)
+        except NotWaited:
+            return _accepted(task.job_id, f"History of '{query.item_path}' queued")
+        return jsonify(
+            success=True,
+            workspace=query.workspace,
+            path=query.item_path,
+            job_id=task.job_id,
+            **found.to_dict(),
+        )
 
     def _history(query: HistoryQuery) -> Any:
-        found = item_history(settings, query)
+        found = item_history(settings, query, service.locks)
         return jsonify(
             success=True, workspace=query.workspace, path=query.item_path, **found.to_dict()
         )
@@ -292,6 +342,16 @@ def create_app(settings: Settings, service: SyncService | None = None) -> Flask:
         )
 
     return app
+
+
+def _accepted(job_id: str, message: str, **extra: Any) -> Any:
+    """202: the job is accepted and runs on; ``GET /jobs/<id>`` reports it."""
+    response = jsonify(
+        success=True, message=message, job_id=job_id, status_url=f"/jobs/{job_id}", **extra
+    )
+    response.status_code = 202
+    response.headers["Location"] = f"/jobs/{job_id}"
+    return response
 
 
 def _check_bearer(expected: str) -> None:

@@ -76,14 +76,8 @@ def serve(settings: Settings) -> int:
             "shutdown_grace_seconds": settings.shutdown_grace,
         },
     )
-    waiting_syncs = settings.max_concurrent_syncs + settings.max_queued_syncs
-    if settings.server_threads <= waiting_syncs:
-        log.warning(
-            "HTTP_THREADS (%d) is not above MAX_CONCURRENT_SYNCS + MAX_QUEUED_SYNCS (%d): "
-            "/health may wait behind syncs that callers wait for",
-            settings.server_threads,
-            waiting_syncs,
-        )
+    # No warning about HTTP_THREADS any more: callers waiting for jobs never
+    # take the last threads (web/waiting.py), so /health never waits behind them.
     code = run_until_signalled(server, drain, runner, settings.shutdown_grace)
     if code != EXIT_DRAINED:
         # Sync threads may still be running; they are not waited for.

@@ -14,6 +14,7 @@ import os
 import resource
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,6 +28,11 @@ log = logging.getLogger(__name__)
 # After SIGTERM, how long a process group gets before SIGKILL. git removes its
 # lock files on SIGTERM but not on SIGKILL, so the polite signal comes first.
 TERM_GRACE_SECONDS = 5.0
+
+# CAP_SYS_RESOURCE (linux/capability.h): lets a process raise a hard limit.
+_CAP_SYS_RESOURCE = 24
+# Set once a child's RLIMIT_FSIZE could not be set (a sandbox, a lower hard limit).
+_fsize_refused = threading.Event()
 
 
 @dataclass(frozen=True)
@@ -83,8 +89,19 @@ def run(
     if max_file_bytes:
         try:
             resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
-        except (ProcessLookupError, PermissionError):  # already gone, or not allowed
+        except ProcessLookupError:  # already gone
             pass
+        except (PermissionError, ValueError) as exc:
+            # The child runs on with the limit it inherited: say so, every time.
+            _fsize_refused.set()
+            log.warning(
+                "MAX_FILE_BYTES (%d) was not applied to %s: %s; the child runs with the "
+                "file-size limit it inherited",
+                max_file_bytes,
+                step,
+                exc,
+                extra={"event": "limit_not_applied", "limit": "MAX_FILE_BYTES"},
+            )
     if pid_file is not None:
         pid_file.write_text(f"{proc.pid}\n")
     try:
@@ -111,6 +128,42 @@ def run(
     if proc.returncode not in ok_codes:
         raise CommandError(step, proc.returncode, result.stdout, result.stderr)
     return result
+
+
+def file_size_limit_problem(max_file_bytes: int) -> str | None:
+    """Why MAX_FILE_BYTES cannot be applied to the CLI's children, or None if it can.
+
+    Checked without starting a child: prlimit must be allowed at all (some
+    sandboxes refuse it), and a limit above this process's hard limit needs
+    CAP_SYS_RESOURCE. A refusal seen at run time is reported too.
+    """
+    if not max_file_bytes:
+        return None
+    try:
+        current = resource.prlimit(os.getpid(), resource.RLIMIT_FSIZE)
+        resource.prlimit(os.getpid(), resource.RLIMIT_FSIZE, current)  # sets what is there
+    except (PermissionError, OSError) as exc:
+        return f"setting a process's file-size limit is not allowed here ({exc.strerror})"
+    hard = current[1]
+    if hard != resource.RLIM_INFINITY and hard < max_file_bytes and not _has_cap_sys_resource():
+        return (
+            f"this process's hard file-size limit ({hard} bytes) is below MAX_FILE_BYTES "
+            "and it may not raise it (no CAP_SYS_RESOURCE)"
+        )
+    if _fsize_refused.is_set():
+        return "a child's file-size limit could not be set (see the log)"
+    return None
+
+
+def _has_cap_sys_resource() -> bool:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> _CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
