@@ -33,7 +33,7 @@ from gitsync.git.transport import PushOutcome
 from gitsync.retry import with_retries
 from gitsync.secrets import Redactor
 from gitsync.sync import commits, guards, readme
-from gitsync.sync.base import choose_base
+from gitsync.sync.base import choose_base, drop_delivered
 from gitsync.sync.job import CommitInfo, Progress, SyncJob, SyncResult
 from gitsync.sync.scan import Finding, SecretScanner
 from gitsync.sync.skip import Decision, PullGate
@@ -205,6 +205,7 @@ class TargetSync:
             findings: tuple[Finding, ...] = ()
             if base is not None and tree == base_tree:
                 if base == tip:
+                    drop_delivered(repo, tip)
                     return self._result(False, tip, ())
                 head = base  # earlier commits here that never reached the remote
             else:
@@ -214,6 +215,7 @@ class TargetSync:
             outcome = self.push(head, tip)
             if outcome.ok:
                 repo.update_ref(repo.tracking_ref, head, reason="windmill-git-sync: pushed")
+                drop_delivered(repo, head)
                 changes = repo.diff_trees(repo.tree_of(tip), tree)
                 return self._result(
                     bool(changes),
@@ -230,11 +232,15 @@ class TargetSync:
                 attempt,
                 PUSH_ATTEMPTS,
             )
+            if made:
+                # A lost race, not a divergence: go back to this attempt's base,
+                # so the next attempt (or sync) builds the export afresh on the
+                # new tip instead of keeping this commit as a pending one.
+                _reset_local(repo, base, head)
             _back_off(attempt, self.deadline)
         raise GitError(
             f"Git push failed: the branch '{job.branch}' kept moving on the remote "
-            f"({PUSH_ATTEMPTS} attempts); the commit is kept and will be pushed by the next "
-            "sync",
+            f"({PUSH_ATTEMPTS} attempts); nothing was pushed, the next sync tries again",
             transient=True,
         )
 
@@ -289,6 +295,13 @@ class TargetSync:
             path_prefix=job.path_prefix,
             **more,
         )
+
+
+def _reset_local(repo: GitRepo, base: str | None, head: str) -> None:
+    if base is None:
+        repo.delete_ref(repo.local_ref, head)
+    else:
+        repo.update_ref(repo.local_ref, base, head, reason="windmill-git-sync: push rejected")
 
 
 def _back_off(attempt: int, deadline: Deadline) -> None:
