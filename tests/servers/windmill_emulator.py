@@ -3251,18 +3251,18 @@ class WindmillEmulator:
             self._fault_uses.clear()
 
     def _take_fault(self, endpoint: str, workspace: str | None) -> str | None:
-        """The fault for one request, counting it against `times`."""
+        """The fault for one request (through `fault_for`, which tests may wrap), counted."""
+        fault = self.fault_for(endpoint, workspace)
         with self._lock:
             for key in ((endpoint, workspace), ("*", workspace), (endpoint, None), ("*", None)):
                 if key in self._faults:
-                    fault = self._faults[key]
                     if key in self._fault_uses:
                         self._fault_uses[key] -= 1
                         if self._fault_uses[key] <= 0:
                             del self._fault_uses[key]
                             del self._faults[key]
-                    return fault
-            return None
+                    break
+        return fault
 
     def fault_for(self, endpoint: str, workspace: str | None) -> str | None:
         with self._lock:
