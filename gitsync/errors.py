@@ -160,6 +160,19 @@ class NoWorkspaces(WindmillError):
     http_status = 422
 
 
+class WindmillUpstreamError(WindmillError):
+    """Windmill could not be asked, or its answer could not be read to the end.
+
+    ``answered``: Windmill did answer, but the answer was broken (a truncated
+    body, a malformed status line or header); otherwise no answer came at all
+    (refused, dropped, timed out).
+    """
+
+    def __init__(self, message: str, *, answered: bool, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail, transient=True)
+        self.answered = answered
+
+
 class GitError(SyncError):
     code = "git_failed"
 

@@ -10,7 +10,7 @@ import urllib.parse
 import pytest
 
 from gitsync.secrets import Secret
-from gitsync.windmill.recorder import Exchange, PassThrough, Request, Upstream
+from gitsync.windmill.recorder import Body, Exchange, PassThrough, Request, Upstream
 from tests.conftest import WINDMILL_TOKEN, Target
 from tests.servers.windmill_emulator import WindmillEmulator
 
@@ -78,7 +78,7 @@ def test_replay_answers_what_the_check_fetched_and_unknown_requests_go_live(
     with passthrough.running():
         prefix = urllib.parse.urlsplit(passthrough.url).path
         status, body = _get(passthrough.url, prefix + tarball.target)
-        assert (status, body) == (200, fetched.body)
+        assert (status, body) == (200, fetched.body.read_all())
         assert _requests_for(windmill, ws, before) == []  # replayed, not asked again
         assert _get(passthrough.url, prefix + f"api/w/{ws}/shared_ui/get")[0] == 200
     assert _requests_for(windmill, ws, before) == ["shared_ui"]
@@ -89,7 +89,7 @@ def test_replay_answers_what_the_check_fetched_and_unknown_requests_go_live(
 def test_a_retry_reads_windmill_live(windmill: WindmillEmulator, target: Target) -> None:
     upstream = Upstream(windmill.base_url, extra_ca=None)
     request = Request("GET", f"api/w/{target.workspace_id}/shared_ui/get", ())
-    stale = Exchange(request, 500, "text/plain", b"Internal: replayed failure")
+    stale = Exchange(request, 500, "text/plain", Body.of(b"Internal: replayed failure"))
     passthrough = PassThrough(upstream, {request: stale}, timeout=10)
     with passthrough.running():
         prefix = urllib.parse.urlsplit(passthrough.url).path
@@ -119,7 +119,7 @@ def test_archive_digest_ignores_build_times_but_not_content(
     first = upstream.fetch_with_token(request, token, timeout=10)
     time.sleep(2.1)  # zip times have a 2-second resolution
     second = upstream.fetch_with_token(request, token, timeout=10)
-    assert first.body != second.body
+    assert first.body.read_all() != second.body.read_all()
     assert first.digest() == second.digest()
 
     target.workspace.add_script("f/team/one_more", language="bash", content="echo 1\n")

@@ -25,8 +25,9 @@ The check cannot race with a change: when it does not skip, the CLI is
 served exactly the answers the check fetched (the pass-through's replay), so
 the next record describes what was committed. Re-issuing the requests with
 this request's token also keeps the login check: a token that cannot read the
-workspace gets an answer that differs from the recorded one, the CLI runs,
-and the sync fails as it always did.
+workspace is refused (401 or 403) where the record holds no refusal, and the
+check stops at that first refused request and fails the sync as the CLI would
+(``windmill_auth_failed``), without re-sending the rest or starting the CLI.
 
 The record holds digests, paths and headers, never a token or content.
 """
@@ -45,6 +46,7 @@ from typing import Any
 
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
+from gitsync.errors import WindmillAuthError, WindmillUpstreamError
 from gitsync.git.file_index import FileIndex
 from gitsync.secrets import Secret
 from gitsync.version import CLI_VERSION, service_version
@@ -160,7 +162,10 @@ class PullGate:
         self.wmill_yaml = _sha(wmill_yaml.encode())
         self.path_prefix = path_prefix
         self.scan = scan
-        self.upstream = Upstream(settings.windmill_base_url, extra_ca=settings.node_extra_ca_certs)
+        # Large answers (the workspace archive) are spooled beside the record.
+        self.upstream = Upstream(
+            settings.windmill_base_url, extra_ca=settings.node_extra_ca_certs, spool_dir=root
+        )
 
     def check(
         self,
@@ -193,12 +198,16 @@ class PullGate:
                 exchange = self.upstream.fetch_with_token(
                     request, token, deadline.for_command(self.settings.command_timeout)
                 )
-            except OSError as exc:  # URLError included: let the CLI meet it and report it
-                log.info("the skip check could not reach Windmill: %s", type(exc).__name__)
+            except WindmillUpstreamError as exc:
+                # Any doubt runs the CLI: it meets the fault itself and reports it.
+                log.info("the skip check: %s", exc)
+                if exc.answered:
+                    return Decision(False, "windmill answer unreadable during the skip check")
                 return Decision(False, "windmill unreachable during the skip check")
-            replay[request] = exchange
             if exchange.digest_once != recorded:
+                _refused(exchange.status, request.endpoint)
                 changed.append(request.endpoint)
+            replay[request] = exchange
         if changed:
             return Decision(False, "windmill content changed: " + ", ".join(changed), replay)
         tip = remote_tip()
@@ -240,6 +249,14 @@ class PullGate:
         with os.fdopen(fd, "w") as out:
             out.write(record.to_json())
         tmp.replace(self.path)
+
+
+def _refused(status: int, endpoint: str) -> None:
+    """A refusal the last good sync did not get: the token, not the content, changed."""
+    if status == 401:
+        raise WindmillAuthError(f"Windmill rejected the token (HTTP 401 to {endpoint})")
+    if status == 403:
+        raise WindmillAuthError(f"The Windmill token lacks permission (HTTP 403 to {endpoint})")
 
 
 def cli_digest(settings: Settings) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gitsync.backup import commits, coverage_step, guards, readme
-from gitsync.backup.base import choose_base
+from gitsync.backup.base import choose_base, drop_delivered
 from gitsync.backup.job import CommitInfo, Progress, SyncJob, SyncResult, strip_prefix
 from gitsync.backup.skip import Decision, PullGate
 from gitsync.config import SecretScanPolicy, Settings
@@ -233,6 +233,8 @@ class TargetSync:
             if made:
                 head = made[-1].commit
             elif base is None or base == tip:
+                if tip is not None:
+                    drop_delivered(repo, tip)
                 return self._result(False, tip, (), secret_findings=findings, held=held)
             else:
                 head = base  # earlier commits here that never reached the remote
@@ -240,6 +242,7 @@ class TargetSync:
             outcome = self.push(head, tip)
             if outcome.ok:
                 repo.update_ref(repo.tracking_ref, head, reason="windmill-git-sync: pushed")
+                drop_delivered(repo, head)
                 changes = repo.diff_trees(repo.tree_of(tip), tree)
                 return self._result(
                     bool(changes),
@@ -257,11 +260,15 @@ class TargetSync:
                 attempt,
                 PUSH_ATTEMPTS,
             )
+            if made:
+                # A lost race, not a divergence: go back to this attempt's base,
+                # so the next attempt (or sync) builds the export afresh on the
+                # new tip instead of keeping this commit as a pending one.
+                _reset_local(repo, base, head)
             _back_off(attempt, self.deadline)
         raise GitError(
             f"Git push failed: the branch '{job.branch}' kept moving on the remote "
-            f"({PUSH_ATTEMPTS} attempts); the commit is kept and will be pushed by the next "
-            "sync",
+            f"({PUSH_ATTEMPTS} attempts); nothing was pushed, the next sync tries again",
             transient=True,
         )
 
@@ -328,6 +335,13 @@ class TargetSync:
             path_prefix=job.path_prefix,
             **more,
         )
+
+
+def _reset_local(repo: GitRepo, base: str | None, head: str) -> None:
+    if base is None:
+        repo.delete_ref(repo.local_ref, head)
+    else:
+        repo.update_ref(repo.local_ref, base, head, reason="windmill-git-sync: push rejected")
 
 
 def _back_off(attempt: int, deadline: Deadline) -> None:

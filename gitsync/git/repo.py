@@ -169,6 +169,28 @@ class GitRepo:
                 found = walk.reaches(self.get, _oid(descendant), _oid(ancestor))
         return bool(found)
 
+    def known_ancestor(self, ancestor: str, descendant: str) -> bool | None:
+        """Like ``is_ancestor``, from what is here only: None when history here is too short."""
+        with local_store("Reading the history"):
+            return walk.reaches(self.get, _oid(descendant), _oid(ancestor))
+
+    def known_history(self, commit: str) -> set[str]:
+        """The commits of ``commit``'s history present here; no fetch."""
+        with local_store("Reading the history"):
+            return {c.decode() for c in walk.known_history(self.get, _oid(commit))}
+
+    def first_parent(self, commit: str) -> str | None:
+        with local_store("Reading a commit"):
+            parents = self.peel(_oid(commit)).parents
+        return parents[0].decode() if parents else None
+
+    def refs_under(self, prefix: str) -> dict[str, str]:
+        """Every ref whose name starts with ``prefix`` (full names), with its commit."""
+        base = prefix.rstrip("/")
+        with local_store("Reading a ref"):
+            found = self.repo.refs.as_dict(_ref(base))
+        return {f"{base}/{name.decode()}": sha.decode() for name, sha in found.items()}
+
     def update_ref(self, ref: str, new: str, old: str | None = None, *, reason: str) -> None:
         self._flush()
         with local_store("Updating a ref"):
@@ -182,10 +204,14 @@ class GitRepo:
         if not done:
             raise GitError(f"could not update {ref}: it changed under the service")
 
-    def delete_ref(self, ref: str) -> None:
+    def delete_ref(self, ref: str, old: str | None = None) -> None:
+        """Delete ``ref`` (if it still is ``old``, when given)."""
         with local_store("Updating a ref"):
             self.repo.refs.remove_if_equals(
-                _ref(ref), None, committer=_REFLOG_IDENTITY, message=b"windmill-git-sync"
+                _ref(ref),
+                _oid(old) if old else None,
+                committer=_REFLOG_IDENTITY,
+                message=b"windmill-git-sync",
             )
 
     def _flush(self) -> None:

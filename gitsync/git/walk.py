@@ -80,6 +80,25 @@ def reaches(get: Lookup, start: ObjectID, target: ObjectID) -> bool | None:
     return None if incomplete else False
 
 
+def known_history(get: Lookup, start: ObjectID) -> set[ObjectID]:
+    """The commits of ``start``'s history present here (a shallow fetch's edge ends it)."""
+    seen = {start}
+    pending = [start]
+    found: set[ObjectID] = set()
+    while pending:
+        sha = pending.pop()
+        try:
+            commit = _commit(get, sha)
+        except KeyError:
+            continue
+        found.add(sha)
+        for parent in commit.parents:
+            if parent not in seen:
+                seen.add(parent)
+                pending.append(parent)
+    return found
+
+
 def commit_by_prefix(store: BaseObjectStore, ref: str) -> str | None:
     """A commit id, full or abbreviated (unambiguous), present here."""
     if not _HEX.fullmatch(ref):

@@ -20,13 +20,13 @@ Pure functions, apart from ``read_archive``, which reads a body in memory.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import re
 import tarfile
 import zipfile
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import IO
 
 from gitsync.version import CLI_VERSION
 from gitsync.windmill.wmill import Scope
@@ -198,10 +198,14 @@ class Archive:
     secret_variables: frozenset[str] = field(default_factory=frozenset)
 
 
-def read_archive(body: bytes) -> Archive | None:
-    """The entries of a zip (or tar) archive; None if the body is neither."""
+def read_archive(open_body: Callable[[], IO[bytes]]) -> Archive | None:
+    """The entries of a zip (or tar) archive; None if the body is neither.
+
+    ``open_body`` gives a fresh seekable reader each time: the archive may be
+    spooled to disk, and is never read into memory whole.
+    """
     try:
-        with zipfile.ZipFile(io.BytesIO(body)) as zf:
+        with zipfile.ZipFile(open_body()) as zf:
             names = [i.filename for i in zf.infolist() if not i.is_dir()]
             secrets = {
                 name.removesuffix(".variable.json")
@@ -212,7 +216,7 @@ def read_archive(body: bytes) -> Archive | None:
     except (zipfile.BadZipFile, ValueError, OSError, EOFError):
         pass
     try:
-        with tarfile.open(fileobj=io.BytesIO(body)) as tf:
+        with tarfile.open(fileobj=open_body()) as tf:
             names, secrets = [], set()
             for member in tf:
                 if not member.isfile():

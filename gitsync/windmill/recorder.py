@@ -6,7 +6,8 @@ whether a pull could write anything new, the service must know exactly which
 requests the CLI made and what it was answered: guessing the list from the
 protocol notes would miss a request a later CLI adds. So the CLI's
 ``BASE_INTERNAL_URL`` points here for the run, and every exchange is kept, in
-memory, as the CLI saw it.
+memory, as the CLI saw it (bodies beyond a few MB spooled to a file in the
+target's directory: concurrent syncs must not each hold a workspace archive).
 
 In replay mode the pass-through answers from exchanges the service fetched
 itself just before (the skip check), so what the CLI writes, and what gets
@@ -23,21 +24,27 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import http.client
 import io
 import json
 import logging
 import secrets
 import tarfile
+import tempfile
 import threading
 import urllib.error
 import urllib.request
+import weakref
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 
+from gitsync.errors import WindmillUpstreamError
 from gitsync.secrets import Secret
 from gitsync.windmill.api import windmill_opener
 
@@ -83,12 +90,96 @@ class Request:
         return path
 
 
-@dataclass(frozen=True)
+# Answers larger than this go to a file (deleted on close); smaller stay in memory.
+SPOOL_BYTES = 4 * 1024 * 1024
+_CHUNK = 64 * 1024
+
+
+class Body:
+    """An answer's bytes, written once, then read by any number of threads.
+
+    Up to ``SPOOL_BYTES`` in memory, beyond that in an unnamed temporary file
+    in ``spool_dir`` (workspace content, ciphertext: never a named file);
+    closed when the last reference goes.
+    """
+
+    def __init__(self, spool_dir: Path | None = None) -> None:
+        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(
+            max_size=SPOOL_BYTES,
+            dir=str(spool_dir) if spool_dir is not None else None,
+            prefix="windmill-answer-",
+        )
+        self._lock = threading.Lock()
+        self.size = 0
+        weakref.finalize(self, self._file.close)
+
+    @classmethod
+    def of(cls, data: bytes) -> Body:
+        body = cls()
+        body.write(data)
+        return body
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._file.seek(0, io.SEEK_END)
+            self._file.write(data)
+            self.size += len(data)
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        with self._lock:
+            self._file.seek(offset)
+            return self._file.read(size)
+
+    def chunks(self) -> Iterator[bytes]:
+        offset = 0
+        while offset < self.size:
+            chunk = self.read_at(offset, _CHUNK)
+            if not chunk:
+                return
+            offset += len(chunk)
+            yield chunk
+
+    def read_all(self) -> bytes:
+        """Every byte, in memory: for small answers and tests only."""
+        return b"".join(self.chunks())
+
+    def reader(self) -> IO[bytes]:
+        """A file object of its own (its own position), for the archive readers."""
+        return io.BufferedReader(_BodyReader(self), _CHUNK)
+
+
+class _BodyReader(io.RawIOBase):
+    def __init__(self, body: Body) -> None:
+        self._body = body
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._body.size}[whence]
+        self._pos = max(base + offset, 0)
+        return self._pos
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._body.read_at(self._pos, len(buffer))
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+@dataclass(frozen=True, eq=False)
 class Exchange:
     request: Request
     status: int
     content_type: str
-    body: bytes  # in memory only: workspace content, ciphertext
+    body: Body  # workspace content, ciphertext: never logged, spooled beyond a few MB
     headers: tuple[tuple[str, str], ...] = ()
 
     @functools.cached_property
@@ -103,29 +194,43 @@ class Exchange:
         may carry build times when nothing changed; the CLI only uses the
         entries' names and contents, so that is what the digest covers.
         """
-        body = self.body
         if 200 <= self.status < 300 and self.request.endpoint == "workspaces/tarball":
-            body = archive_digest(body).encode()
-        material = json.dumps([self.status, self.content_type.lower(), _sha(body)])
+            content = _sha(archive_digest(self.body).encode())
+        else:
+            content = _stream_sha(self.body.chunks())
+        material = json.dumps([self.status, self.content_type.lower(), content])
         return _sha(material.encode())
 
 
-def archive_digest(body: bytes) -> str:
+def archive_digest(body: Body) -> str:
     """Sorted entry names and content digests of a zip (or tar); the raw bytes otherwise."""
     entries: list[tuple[str, str]] = []
     try:
-        with zipfile.ZipFile(io.BytesIO(body)) as zf:
-            entries = [(i.filename, _sha(zf.read(i))) for i in zf.infolist()]
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        with zipfile.ZipFile(body.reader()) as zf:
+            entries = [(i.filename, _member_sha(zf.open(i))) for i in zf.infolist()]
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error):
+        entries = []
         try:
-            with tarfile.open(fileobj=io.BytesIO(body)) as tf:
+            with tarfile.open(fileobj=body.reader()) as tf:
                 for member in tf:
                     data = tf.extractfile(member)
-                    content = data.read() if data is not None else b""
-                    entries.append((f"{member.name}:{member.type!r}", _sha(content)))
-        except (tarfile.TarError, ValueError, OSError, EOFError):
-            return "raw:" + _sha(body)
+                    content = _member_sha(data) if data is not None else _sha(b"")
+                    entries.append((f"{member.name}:{member.type!r}", content))
+        except (tarfile.TarError, ValueError, OSError, EOFError, zlib.error):
+            return "raw:" + _stream_sha(body.chunks())
     return _sha(json.dumps(sorted(entries)).encode())
+
+
+def _member_sha(member: IO[bytes]) -> str:
+    with member:
+        return _stream_sha(iter(lambda: member.read(_CHUNK), b""))
+
+
+def _stream_sha(chunks: Iterator[bytes]) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _sha(data: bytes) -> str:
@@ -135,9 +240,12 @@ def _sha(data: bytes) -> str:
 class Upstream:
     """Windmill itself, asked with a given token; no redirects, a timeout always."""
 
-    def __init__(self, base_url: str, *, extra_ca: Path | None) -> None:
+    def __init__(
+        self, base_url: str, *, extra_ca: Path | None, spool_dir: Path | None = None
+    ) -> None:
         self.base = base_url if base_url.endswith("/") else base_url + "/"
         self._opener = windmill_opener(extra_ca)
+        self.spool_dir = spool_dir
 
     def fetch(
         self,
@@ -146,7 +254,12 @@ class Upstream:
         timeout: float,
         user_agent: str = "windmill-git-sync",
     ) -> Exchange:
-        """The answer to ``request``; raises OSError when Windmill cannot be reached."""
+        """The answer to ``request``, read to its end.
+
+        Any failure to get one (no answer; or a broken one: truncated, a bad
+        status line, an overlong header) raises ``WindmillUpstreamError``:
+        the one error of this module's callers to handle.
+        """
         headers = dict(request.headers)
         if authorization:
             headers["Authorization"] = authorization
@@ -155,24 +268,45 @@ class Upstream:
         http_request = urllib.request.Request(  # noqa: S310 - http(s) base URL, checked in config
             self.base + request.target, headers=headers, method=request.method
         )
+        answered = False
         try:
-            response = self._opener.open(http_request, timeout=max(timeout, 1.0))
-        except urllib.error.HTTPError as exc:
-            response = exc
-        with response:
-            body = response.read()
-            kept = tuple(
-                (name, value)
-                for name in _RESPONSE_HEADERS
-                if (value := response.headers.get(name)) is not None
-            )
-            return Exchange(
-                request,
-                int(response.status),
-                response.headers.get("content-type", ""),
-                body,
-                kept,
-            )
+            try:
+                response = self._opener.open(http_request, timeout=max(timeout, 1.0))
+            except urllib.error.HTTPError as exc:
+                response = exc
+            answered = True
+            with response:
+                body = Body(self.spool_dir)
+                while chunk := response.read(_CHUNK):
+                    body.write(chunk)
+                promised = response.headers.get("content-length")
+                if promised is not None and promised.isdigit() and body.size < int(promised):
+                    # read(n) ends quietly where the connection did: only the
+                    # promised length tells a cut answer from a whole one.
+                    raise http.client.IncompleteRead(b"", int(promised) - body.size)
+                kept = tuple(
+                    (name, value)
+                    for name in _RESPONSE_HEADERS
+                    if (value := response.headers.get(name)) is not None
+                )
+                return Exchange(
+                    request,
+                    int(response.status),
+                    response.headers.get("content-type", ""),
+                    body,
+                    kept,
+                )
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            # OSError: refused, reset, timed out (URLError included); the
+            # others: a malformed or truncated answer, which is no OSError.
+            broken = answered or not isinstance(exc, OSError)
+            what = "could not be read to its end" if broken else "could not be reached"
+            raise WindmillUpstreamError(
+                f"Windmill's answer to {request.endpoint} {what} ({type(exc).__name__})"
+                if broken
+                else f"Windmill could not be reached ({type(exc).__name__})",
+                answered=broken,
+            ) from None
 
     def fetch_with_token(self, request: Request, token: Secret, timeout: float) -> Exchange:
         return self.fetch(request, f"Bearer {token.reveal()}", timeout)
@@ -245,9 +379,12 @@ class PassThrough:
                 exchange = self.upstream.fetch(
                     request, authorization, self.timeout, user_agent or "windmill-git-sync"
                 )
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                log.info("Windmill could not be reached for the CLI: %s", type(exc).__name__)
-                return None
+            except WindmillUpstreamError as exc:
+                log.warning("for the CLI: %s", exc)
+                if not exc.answered:
+                    return None  # the CLI meets the network error it would have met
+                # A broken answer: the CLI gets a clean one saying so.
+                return Exchange(request, 502, "text/plain", Body.of(f"Bad gateway: {exc}".encode()))
             with self._lock:
                 self._live.append(request)
         with self._lock:
@@ -297,9 +434,10 @@ def _handler_for(owner: PassThrough) -> type[BaseHTTPRequestHandler]:
             self.send_response(exchange.status)
             for name, value in exchange.headers:
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(exchange.body)))
+            self.send_header("Content-Length", str(exchange.body.size))
             self.end_headers()
-            self.wfile.write(exchange.body)
+            for chunk in exchange.body.chunks():
+                self.wfile.write(chunk)
 
         def _refuse(self) -> None:
             self._plain(404, b"Not found")

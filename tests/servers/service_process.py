@@ -52,8 +52,12 @@ class ServiceProcess(RecordingClient):
         log_path: Path,
         env: Mapping[str, str],
         prefix: Sequence[str] = (),
+        stderr_path: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
+        # Where stderr goes when it must be told apart from the log (stdout): a
+        # traceback printed outside the logging setup, say. None: into the log.
+        self.stderr_path = stderr_path
         self.prefix = list(prefix)  # e.g. `unshare --pid --fork`: the service runs as PID 1
         self.log_path = log_path
         self.extra_env = dict(env)
@@ -76,14 +80,17 @@ class ServiceProcess(RecordingClient):
         Path(env["HOME"]).mkdir(parents=True, exist_ok=True)
         exe = Path(sys.executable).parent / "windmill-git-sync"
         self._log = open(self.log_path, "ab")
+        stderr = open(self.stderr_path, "ab") if self.stderr_path is not None else None
         self.proc = subprocess.Popen(
             [*self.prefix, str(exe), "serve"],
             env=env,
             stdout=self._log,
-            stderr=subprocess.STDOUT,
+            stderr=stderr if stderr is not None else subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+        if stderr is not None:
+            stderr.close()  # the child has its own copy
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             match = _LISTENING.search(self.log_text())
@@ -106,6 +113,10 @@ class ServiceProcess(RecordingClient):
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stderr_text(self) -> str:
+        path = self.stderr_path
+        return path.read_text(errors="replace") if path is not None and path.exists() else ""
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

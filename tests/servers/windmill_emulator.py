@@ -1691,6 +1691,10 @@ class Response:
     body: bytes = b""
     content_type: str | None = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
+    # How it goes on the wire: "" as it is; "truncated": the promised length,
+    # then half the body and a hang-up; "badstatus": a status line no HTTP
+    # client can parse, then a hang-up.
+    wire: str = ""
 
 
 def json_response(value: Any, status: int = 200) -> Response:
@@ -3055,7 +3059,20 @@ def endpoints() -> list[str]:
 
 # --- the server ---------------------------------------------------------------------------
 
-FAULTS = ("500", "401", "403", "404", "hang", "drop", "notzip", "empty", "html", "zip-unsupported")
+FAULTS = (
+    "500",
+    "401",
+    "403",
+    "404",
+    "hang",
+    "drop",
+    "notzip",
+    "empty",
+    "html",
+    "zip-unsupported",
+    "truncated",
+    "badstatus",
+)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -3097,6 +3114,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(outcome)
 
     def _send(self, resp: Response) -> None:
+        if resp.wire == "badstatus":
+            self.wfile.write(b"WINDMILL/9 garbage\r\n\r\n")
+            self._hang_up()
+            return
         self.send_response(resp.status)
         if resp.content_type:
             self.send_header("Content-Type", resp.content_type)
@@ -3104,8 +3125,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(resp.body)))
         self.end_headers()
+        if resp.wire == "truncated":
+            self.wfile.write(resp.body[: len(resp.body) // 2])
+            self._hang_up()
+            return
         if self.command != "HEAD":
             self.wfile.write(resp.body)
+
+    def _hang_up(self) -> None:
+        self.wfile.flush()
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class _Server(ThreadingHTTPServer):
@@ -3123,6 +3156,7 @@ class WindmillEmulator:
         self._tokens: dict[str, TokenInfo] = {}
         self._workspaces: dict[str, Workspace] = {}
         self._faults: dict[tuple[str, str | None], str] = {}
+        self._fault_uses: dict[tuple[str, str | None], int] = {}  # faults set with `times`
         self._requests: list[RequestRecord] = []
         # What GET /api/version answers ("CE v1.819.0"): set it to play a newer server.
         self.version_text = SERVER_VERSION_TEXT
@@ -3208,12 +3242,20 @@ class WindmillEmulator:
         with self._lock:
             return [ws for wid, ws in sorted(self._workspaces.items()) if tok.can_see(wid)]
 
-    def set_fault(self, endpoint: str, fault: str | None, *, workspace: str | None = None) -> None:
+    def set_fault(
+        self,
+        endpoint: str,
+        fault: str | None,
+        *,
+        workspace: str | None = None,
+        times: int | None = None,
+    ) -> None:
         """Make `endpoint` misbehave (or behave again with None).
 
         `endpoint` is a route name (RequestRecord.endpoint: "whoami", "ws_whoami",
         "tarball", "version", "scripts/create", ...) or "*". `fault` is one of FAULTS or
-        "delay:<seconds>". With `workspace`, only requests for that workspace are affected.
+        "delay:<seconds>". With `workspace`, only requests for that workspace are affected;
+        with `times`, only the next that many requests (then it clears itself).
         """
         if fault is not None and fault not in FAULTS and not fault.startswith("delay:"):
             raise ValueError(f"unknown fault {fault!r}")
@@ -3222,14 +3264,32 @@ class WindmillEmulator:
         if fault is not None and fault.startswith("delay:"):
             float(fault.split(":", 1)[1])
         with self._lock:
+            self._fault_uses.pop((endpoint, workspace), None)
             if fault is None:
                 self._faults.pop((endpoint, workspace), None)
             else:
                 self._faults[(endpoint, workspace)] = fault
+                if times is not None:
+                    self._fault_uses[(endpoint, workspace)] = times
 
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._fault_uses.clear()
+
+    def _take_fault(self, endpoint: str, workspace: str | None) -> str | None:
+        """The fault for one request (through `fault_for`, which tests may wrap), counted."""
+        fault = self.fault_for(endpoint, workspace)
+        with self._lock:
+            for key in ((endpoint, workspace), ("*", workspace), (endpoint, None), ("*", None)):
+                if key in self._faults:
+                    if key in self._fault_uses:
+                        self._fault_uses[key] -= 1
+                        if self._fault_uses[key] <= 0:
+                            del self._fault_uses[key]
+                            del self._faults[key]
+                    break
+        return fault
 
     def fault_for(self, endpoint: str, workspace: str | None) -> str | None:
         with self._lock:
@@ -3298,7 +3358,7 @@ class WindmillEmulator:
         body = _parse_body(headers, raw_body)
         rec.body = body if method != "GET" else None
 
-        fault = self.fault_for(rt.endpoint, rec.workspace)
+        fault = self._take_fault(rt.endpoint, rec.workspace)
         if fault is not None:
             injected = self._inject(fault, rt.endpoint)
             if not isinstance(injected, str):
@@ -3316,7 +3376,10 @@ class WindmillEmulator:
                 raise not_found(f"workspace {params['w']} does not exist")
         ctx = Ctx(self, method, params, query, body, tok, ws)
         with self._lock:  # handlers see and change a consistent model
-            return rt.handler(ctx)
+            resp = rt.handler(ctx)
+        if fault in ("truncated", "badstatus") and resp is not None:
+            resp.wire = fault
+        return resp
 
     def _match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
         for rt in _ROUTES:
@@ -3350,6 +3413,8 @@ class WindmillEmulator:
             return None
         if fault == "zip-unsupported":
             return "continue"  # handled by the tarball route
+        if fault in ("truncated", "badstatus"):
+            return "continue"  # the real answer, broken on the wire (Response.wire)
         status_faults = {
             "500": ApiError(500, "injected fault"),
             "401": ApiError(401, "Unauthorized"),
