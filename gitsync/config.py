@@ -77,6 +77,9 @@ class Settings:
     # Most bytes one Git fetch may receive from the remote; beyond it the
     # fetch stops and nothing is stored (a hostile or runaway remote).
     max_fetch_bytes: int = 2 * 1024 * 1024 * 1024
+    # Seconds between full pulls of a target; the syncs between pull only the
+    # items that changed (sync/narrowed.py). 0: every pull is a full one.
+    full_pull_interval: float = 86400.0
     # Where failure and staleness alerts are POSTed (a secret: Slack's URLs are).
     alert_webhook_url: Secret | None = None
     # A target with no successful sync for this long is reported (seconds).
@@ -192,6 +195,7 @@ class Settings:
         number("MIN_FREE_BYTES", "min_free_bytes", int, 0, 1e18)
         number("MAX_FILE_BYTES", "max_file_bytes", int, 0, 1e18)
         number("MAX_FETCH_BYTES", "max_fetch_bytes", int, 1024, 1e18)
+        number("FULL_PULL_INTERVAL_SECONDS", "full_pull_interval", float, 0)
 
         token_file = env.get("SYNC_AUTH_TOKEN_FILE", "").strip()
         if token_file:
