@@ -65,6 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         help="syncs in a row for the memory check (0: none)",
     )
     parser.add_argument("--endurance-items", type=int, default=100)
+    parser.add_argument(
+        "--full-pulls",
+        action="store_true",
+        help="the service pulls in full every time (FULL_PULL_INTERVAL_SECONDS=0): the "
+        "figures from before narrowed pulls",
+    )
     parser.add_argument("--workdir", type=Path, help="kept afterwards (default: a temporary one)")
     parser.add_argument(
         "--update-docs", action="store_true", help="write the report into docs/performance.md"
@@ -84,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     throughput: ThroughputResult | None = None
     endurance: EnduranceResult | None = None
     try:
-        with Servers(workdir) as servers:
+        service_env = {"FULL_PULL_INTERVAL_SECONDS": "0"} if args.full_pulls else {}
+        with Servers(workdir, service_env) as servers:
             log(f"servers up; working in {workdir}")
             for size in args.sizes:
                 results.append(

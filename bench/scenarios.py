@@ -222,6 +222,7 @@ def run_size(
         result.identical = _files(servers.export_dir(workspace, service_remote)) == _files(cli_dir)
 
     changer = Changer(servers, workspace)
+    narrowed_before = _narrowed_pulls(servers)
     for number in range(1, rounds + 1):
         log(f"[{size}] round {number} of {rounds}")
         result.add("cli_nochange", servers.cli_pull(workspace, cli_dir, cli_log))
@@ -235,7 +236,19 @@ def run_size(
         if size <= naive_max:
             result.add("naive", naive_backup(servers, naive_remote, base, workspace, cli_log))
     shutil.rmtree(base / "cli", ignore_errors=True)
+    result.notes.append(
+        f"At {size} items, {_narrowed_pulls(servers) - narrowed_before} of the service's "
+        f"{2 * rounds} syncs with changes pulled only the changed items (the service's log)."
+    )
     return result
+
+
+def _narrowed_pulls(servers: Servers) -> int:
+    try:
+        text = (servers.workdir / "service.log").read_text(errors="replace")
+    except OSError:
+        return 0
+    return text.count("narrowed pull: ")
 
 
 def time_secret_scan(export: Path, repeats: int = 3) -> tuple[float, float]:

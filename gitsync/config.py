@@ -224,6 +224,9 @@ class Settings:
     # Most bytes one Git fetch may receive from the remote; beyond it the
     # fetch stops and nothing is stored (a hostile or runaway remote).
     max_fetch_bytes: int = setting("MAX_FETCH_BYTES", integer(1024, 1e18), 2 * 1024**3)
+    # Seconds between full pulls of a target; the syncs between pull only the
+    # items that changed (backup/narrowed.py). 0: every pull is a full one.
+    full_pull_interval: float = setting("FULL_PULL_INTERVAL_SECONDS", number(0), 86400.0)
     # Where failure and staleness alerts are POSTed (a secret: Slack's URLs are).
     alert_webhook_url: Secret | None = setting("ALERT_WEBHOOK_URL", webhook_url, None, or_file=True)
     # A target with no successful sync for this long is reported (seconds).

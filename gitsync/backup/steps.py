@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gitsync.backup import commits, coverage_step, guards, readme
+from gitsync.backup import commits, coverage_step, guards, narrowed, readme
 from gitsync.backup.base import choose_base, drop_delivered
 from gitsync.backup.job import CommitInfo, Progress, SyncJob, SyncResult, strip_prefix
 from gitsync.backup.skip import Decision, PullGate
 from gitsync.config import SecretScanPolicy, Settings
 from gitsync.deadline import Deadline
-from gitsync.errors import CommandError, GitError
+from gitsync.errors import CommandError, GitError, SyncTimeout, WindmillGitSyncError
 from gitsync.git.file_index import FileIndex
 from gitsync.git.repo import Change, GitRepo, is_corruption
 from gitsync.git.transport import PushOutcome
@@ -38,7 +38,7 @@ from gitsync.retry import with_retries
 from gitsync.secrets import Redactor
 from gitsync.secretscan.scan import Finding, HeldItem, SecretScanner
 from gitsync.windmill import items, mirror
-from gitsync.windmill.recorder import PassThrough
+from gitsync.windmill.recorder import Exchange, PassThrough
 from gitsync.windmill.wmill import WmillCli
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class TargetSync:
     crashed: bool
     # The export's file index: the skip check's, lent to the stage step.
     index: FileIndex = field(default_factory=FileIndex)
+    # When the last full pull of this target ran (kept while pulls are narrowed).
+    last_full_pull: float | None = None
 
     @property
     def policy(self) -> SecretScanPolicy:
@@ -147,6 +149,9 @@ class TargetSync:
         # Before the record that lets the next sync skip: a skip answers with it.
         coverage_step.remember(self.root, coverage)
         gate.remember(pulled.exchanges, result.commit, tuple(h.to_dict() for h in result.held))
+        if result.commit is not None:
+            last_full = self.last_full_pull if self.last_full_pull is not None else time.time()
+            narrowed.NarrowState.remember(self.root, pulled.exchanges, last_full)
         return dataclasses.replace(result, pull="ran", pull_reason=pulled.reason, coverage=coverage)
 
     def pull(self, gate: PullGate) -> Decision:
@@ -165,7 +170,14 @@ class TargetSync:
         if decision.skip:
             log.info("nothing the pull reads has changed; the CLI is not started")
             return decision
+        state = narrowed.NarrowState.load(self.root)
         gate.forget()
+        narrowed.NarrowState.forget(self.root)
+        exchanges = self._pull_narrowed(gate, decision, state)
+        if exchanges is not None:
+            decision.exchanges = exchanges
+            self.last_full_pull = state.last_full if state is not None else None
+            return decision
         passthrough = PassThrough(
             gate.upstream,
             decision.replay,
@@ -194,6 +206,48 @@ class TargetSync:
             self._retrying(pull_once, "the Windmill pull")
         decision.exchanges = passthrough.exchanges()
         return decision
+
+    def _pull_narrowed(
+        self, gate: PullGate, decision: Decision, state: narrowed.NarrowState | None
+    ) -> list[Exchange] | None:
+        """Step 1 for only the items that changed (backup/narrowed.py); None: pull in full."""
+        job = self.job
+        choice = narrowed.choose(self.settings, state, decision.replay, job.scope)
+        if isinstance(choice, str):
+            log.info("full pull: %s", choice)
+            return None
+
+        def pull(directory: Path, passthrough: PassThrough) -> None:
+            self.wmill.pull(
+                workspace=job.workspace,
+                token=job.windmill_token,
+                export_dir=directory,
+                scope=job.scope,
+                deadline=self.deadline,
+                redactor=Redactor(
+                    [job.windmill_token, job.git_token, passthrough.secret], [job.username]
+                ),
+                pid_file=self.pid_file,
+                windmill_url=passthrough.url,
+                includes=choice.plan.includes,
+            )
+
+        try:
+            return narrowed.run(
+                choice,
+                upstream=gate.upstream,
+                replay=decision.replay,
+                timeout=self.deadline.for_command(self.settings.command_timeout),
+                root=self.root,
+                export_dir=gate.export_dir,
+                pull=pull,
+            )
+        except SyncTimeout:
+            raise
+        except (WindmillGitSyncError, OSError) as exc:
+            # The full pull that follows meets (and reports) a lasting failure.
+            log.warning("the narrowed pull failed (%s); pulling in full", type(exc).__name__)
+            return None
 
     def _commit_and_push(
         self,

@@ -121,11 +121,14 @@ class WmillCli:
         redactor: Redactor,
         pid_file: Path | None = None,
         windmill_url: str | None = None,
+        includes: Sequence[str] = (),
     ) -> None:
         """Mirror the workspace into ``export_dir`` (created if needed).
 
         ``windmill_url`` is where the CLI finds Windmill, when not at the
-        configured URL (the service's recording pass-through).
+        configured URL (the service's recording pass-through). ``includes``
+        replaces the scope's includes for this pull (a narrowed pull's items:
+        backup/narrowed.py).
         """
         # A pull killed half-way can leave the directory (and the CLI's own
         # wmill-lock.yaml) in any state: start such a directory afresh.
@@ -147,7 +150,13 @@ class WmillCli:
         (export_dir / "wmill.yaml").write_text(scope.wmill_yaml())
         pull = functools.partial(
             self._run,
-            ["sync", "pull", "--yes", "--skip-branch-validation"],
+            [
+                "sync",
+                "pull",
+                "--yes",
+                "--skip-branch-validation",
+                *(["--includes", ",".join(includes)] if includes else []),
+            ],
             "wmill sync pull",
             "the Windmill pull (wmill sync pull)",
             workspace=workspace,
