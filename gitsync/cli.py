@@ -103,11 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         return _one_shot(settings, args)
     except WindmillGitSyncError as exc:
         print(
-            json.dumps(
-                {"success": False, "error": exc.code, "message": exc.message, **exc.response_extra}
-            )
+            json.dumps({"success": False, "error": exc.code, "message": exc.message, **exc.facts()})
         )
-        return EXIT_USAGE if exc.http_status < 500 and exc.http_status != 409 else EXIT_FAILED
+        return exit_code(exc)
+
+
+def exit_code(exc: WindmillGitSyncError) -> int:
+    """The command's own reading of an error: what was asked was wrong, or the work failed."""
+    return EXIT_USAGE if isinstance(exc, (RequestError, ConfigError)) else EXIT_FAILED
 
 
 def _data_dir_problem(settings: Settings) -> str | None:

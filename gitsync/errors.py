@@ -3,16 +3,22 @@
 Every message is written for the person operating the service: it says what
 failed and, where possible, what to do. No message ever contains a secret;
 text captured from child processes is redacted before it gets here.
+
+The errors say what happened in the core's own terms (which field, which
+findings, when to come back, which job); how each becomes an answer is the
+caller's business: one table in ``web/errors.py`` maps them to HTTP
+statuses, and ``cli.py`` to exit codes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 
 class WindmillGitSyncError(Exception):
     """Base class. ``code`` is stable and machine-readable; ``str()`` is for people."""
 
     code = "internal_error"
-    http_status = 500
 
     def __init__(self, message: str, *, detail: str | None = None, transient: bool = False) -> None:
         super().__init__(message)
@@ -22,11 +28,15 @@ class WindmillGitSyncError(Exception):
         # Worth retrying: a dropped connection or a 5xx, not a refusal.
         self.transient = transient
         self.attempts = 1
-        # More fields for the HTTP answer (never secrets).
-        self.response_extra: dict[str, object] = {}
+        # The accepted job this error ended, if it ended one (the runner says).
+        self.job_id: str | None = None
 
     def __str__(self) -> str:
         return self.message
+
+    def facts(self) -> dict[str, object]:
+        """What else the error knows, as plain data for an answer or a job record; no secret."""
+        return {}
 
 
 class ConfigError(WindmillGitSyncError):
@@ -40,35 +50,34 @@ class ConfigError(WindmillGitSyncError):
 
 
 class RequestError(WindmillGitSyncError):
-    """The caller sent something we cannot act on (a 4xx, never retried)."""
+    """The caller sent something we cannot act on (never retried)."""
 
     code = "bad_request"
-    http_status = 400
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        # The request field at fault, when one is (the message names it too).
+        self.field = field
 
 
 class Unauthorized(RequestError):
     code = "unauthorized"
-    http_status = 401
 
 
 class LengthRequired(RequestError):
     code = "length_required"
-    http_status = 411
 
 
 class BodyTooLarge(RequestError):
     code = "body_too_large"
-    http_status = 413
 
 
 class UnsupportedMediaType(RequestError):
     code = "unsupported_media_type"
-    http_status = 415
 
 
 class NotFound(RequestError):
     code = "not_found"
-    http_status = 404
 
 
 class SyncError(WindmillGitSyncError):
@@ -100,26 +109,67 @@ class MassDeletionRefused(Refused):
     """The pull would delete most of the backup; refused unless the caller insists."""
 
     code = "mass_deletion_refused"
-    http_status = 409
 
 
 class SecretDetected(Refused):
     """Files the sync would add hold secrets; the answer lists where, never what."""
 
     code = "secret_detected"
-    http_status = 422
+
+    def __init__(self, message: str, findings: Sequence[Mapping[str, object]]) -> None:
+        super().__init__(message)
+        # Item, file, line and detector of each finding; never the value.
+        self.findings = tuple(findings)
+
+    def facts(self) -> dict[str, object]:
+        return {"secret_findings": [dict(f) for f in self.findings]}
+
+
+class WorkspacesFailed(SyncError):
+    """A ``"workspace": "*"`` sync in which some workspaces failed; the others were backed up."""
+
+    def __init__(self, message: str, outcomes: Sequence[Mapping[str, object]]) -> None:
+        super().__init__(message)
+        # One per workspace: its result with success true, or its error.
+        self.outcomes = tuple(outcomes)
+
+    def facts(self) -> dict[str, object]:
+        return {"workspaces": [dict(o) for o in self.outcomes]}
+
+
+class RestoreStopped(SyncError):
+    """A restore the CLI stopped part-way: what was applied stays applied."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        applied: Sequence[Mapping[str, str]],
+        not_applied: Sequence[Mapping[str, str]],
+        items_applied: Sequence[Mapping[str, str]],
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message, detail=detail)
+        self.applied = tuple(applied)
+        self.not_applied = tuple(not_applied)
+        self.items_applied = tuple(items_applied)
+
+    def facts(self) -> dict[str, object]:
+        return {
+            "applied": [dict(c) for c in self.applied],
+            "not_applied": [dict(c) for c in self.not_applied],
+            "items_applied": [dict(c) for c in self.items_applied],
+        }
 
 
 class InsufficientStorage(SyncError):
     code = "insufficient_storage"
-    http_status = 507
 
 
 class Busy(SyncError):
     """Too many syncs queued; the caller should come back later."""
 
     code = "busy"
-    http_status = 503
 
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
@@ -157,7 +207,6 @@ class NoWorkspaces(WindmillError):
     """A ``"workspace": "*"`` sync whose token lists no workspace: nothing was backed up."""
 
     code = "no_workspaces"
-    http_status = 422
 
 
 class WindmillUpstreamError(WindmillError):

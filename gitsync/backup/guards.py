@@ -109,14 +109,13 @@ def scan_for_secrets(
         return findings
     shown = "; ".join(f.describe() for f in findings[:MAX_LISTED_FINDINGS])
     more = len(findings) - MAX_LISTED_FINDINGS
-    error = SecretDetected(
+    raise SecretDetected(
         f"Refusing to push: {len(findings)} possible secret(s) in what this sync would "
         f"add to the backup: {shown}{f'; and {more} more' if more > 0 else ''}. Nothing "
         "was pushed. Move the value into a Windmill secret variable or resource, or, for "
-        f"a false positive, end that line with the comment '{ALLOWLIST_COMMENT}'."
+        f"a false positive, end that line with the comment '{ALLOWLIST_COMMENT}'.",
+        [f.to_dict() for f in findings],
     )
-    error.response_extra = {"secret_findings": [f.to_dict() for f in findings]}
-    raise error
 
 
 def hold_back(

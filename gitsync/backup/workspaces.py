@@ -14,11 +14,11 @@ from gitsync.config import Settings
 from gitsync.deadline import Deadline
 from gitsync.errors import (
     NoWorkspaces,
-    SyncError,
     SyncTimeout,
     WindmillAuthError,
     WindmillError,
     WindmillGitSyncError,
+    WorkspacesFailed,
 )
 from gitsync.windmill.api import WindmillApi
 
@@ -97,18 +97,15 @@ def sync_every_workspace(
                 (workspace, WindmillGitSyncError("Internal error; see the service log"))
             )
     if failures:
-        error = SyncError(
+        raise WorkspacesFailed(
             f"{len(failures)} of {len(ids)} workspaces failed: "
-            + "; ".join(f"{ws}: {exc.message}" for ws, exc in failures)
-        )
-        error.response_extra = {
-            "workspaces": [{**r.to_dict(), "success": True} for r in results]
+            + "; ".join(f"{ws}: {exc.message}" for ws, exc in failures),
+            [{**r.to_dict(), "success": True} for r in results]
             + [
                 {"workspace": ws, "success": False, "error": exc.code, "message": exc.message}
                 for ws, exc in failures
-            ]
-        }
-        raise error
+            ],
+        )
     commits = [r.commit for r in results if r.commit]
     return SyncResult(
         "*",

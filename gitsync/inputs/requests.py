@@ -304,7 +304,9 @@ def _parse(
     try:
         return model.model_validate(body, context={"allowed_hosts": allowed_hosts})
     except ValidationError as exc:
-        raise RequestError(describe_validation_error(exc)) from None
+        locations = [e["loc"] for e in exc.errors(include_input=False, include_url=False)]
+        first = str(locations[0][0]) if locations and locations[0] else None
+        raise RequestError(describe_validation_error(exc), field=first) from None
 
 
 def parse_history_query(args: dict[str, str]) -> HistoryQuery:

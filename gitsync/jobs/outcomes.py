@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from gitsync.backup.job import SyncResult, success_message
-from gitsync.errors import Refused, SecretDetected, WindmillGitSyncError
+from gitsync.errors import Refused, RequestError, SecretDetected, WindmillGitSyncError
 from gitsync.jobs.run import Run
 from gitsync.jobs.store import JobStore
 from gitsync.jobs.tasks import Task
@@ -108,7 +108,7 @@ class RunOutcomes:
         """A restore or history fetch failed; ``exc`` is None for an unforeseen error."""
         code = exc.code if exc is not None else "internal_error"
         message = exc.message if exc is not None else "Internal error; see the service log"
-        refused = isinstance(exc, Refused) or (exc is not None and exc.http_status < 500)
+        refused = isinstance(exc, (Refused, RequestError))
         log.error(
             "%s %s: %s",
             task.kind,
@@ -129,7 +129,7 @@ class RunOutcomes:
             phase="done",
             error=code,
             message=message,
-            result_json=json.dumps({"result": exc.response_extra if exc is not None else {}}),
+            result_json=json.dumps({"result": exc.facts() if exc is not None else {}}),
         )
 
     def failed(self, run: Run, exc: WindmillGitSyncError, seconds: float) -> None:
@@ -143,7 +143,7 @@ class RunOutcomes:
             message=exc.message,
             attempts=exc.attempts,
             result_json=json.dumps(
-                {"files": [], "secret_findings": exc.response_extra.get("secret_findings", [])}
+                {"files": [], "secret_findings": exc.facts().get("secret_findings", [])}
             ),
         )
 
@@ -322,7 +322,7 @@ class RunOutcomes:
         outcome = "refused" if isinstance(exc, Refused) else "error"
         self._record(run, outcome, seconds)
         if isinstance(exc, SecretDetected):
-            found = len(exc.response_extra.get("secret_findings", []))  # type: ignore[arg-type]
+            found = len(exc.findings)
             self.metrics.secret_findings.labels(self._label(run), "blocked").inc(found)
         log.error(
             "sync %s: %s",

@@ -235,7 +235,7 @@ class SyncRunner:
                     run.job, progress=lambda phase: self.outcomes.progress(run.job_id, phase)
                 )
         except WindmillGitSyncError as exc:
-            exc.job_id = run.job_id  # type: ignore[attr-defined]
+            exc.job_id = run.job_id
             seconds = time.monotonic() - started
             settle = functools.partial(run.future.set_exception, exc)
             if isinstance(run, Task):

@@ -23,7 +23,7 @@ from typing import Any
 
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
-from gitsync.errors import MassDeletionRefused, RequestError, SyncError
+from gitsync.errors import MassDeletionRefused, RequestError, RestoreStopped, SyncError
 from gitsync.git.reads import export_tree, fetch_everything, resolve
 from gitsync.git.repo import GitRepo
 from gitsync.git.walk import MissingPrefix
@@ -206,17 +206,14 @@ class RestoreService:
             except SyncError:
                 remaining = planned
             done = [c for c in planned if c not in remaining]
-            error = SyncError(
+            raise RestoreStopped(
                 f"Restore stopped part-way: {len(done)} of {len(planned)} changes were applied "
                 f"to workspace '{job.workspace}' before it failed ({exc.message})",
+                applied=done,
+                not_applied=remaining,
+                items_applied=_items(done),
                 detail=exc.detail,
-            )
-            error.response_extra = {
-                "applied": done,
-                "not_applied": remaining,
-                "items_applied": _items(done),
-            }
-            raise error from None
+            ) from None
         log.info(
             "restored %s at %s into workspace %s (%d changes)",
             job.remote_url,

@@ -16,9 +16,9 @@ from typing import Any
 from waitress.server import create_server  # type: ignore[import-untyped]
 
 from gitsync.config import Settings
-from gitsync.jobs.runner import SyncRunner
 from gitsync.web.app import create_app
-from gitsync.web.drain import EXIT_DRAINED, Drain, run_until_signalled
+from gitsync.web.components import EXTENSION, Components
+from gitsync.web.drain import EXIT_DRAINED, run_until_signalled
 from gitsync.web.http_refusals import RefusingChannel
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,8 @@ def waitress_options(settings: Settings) -> dict[str, Any]:
 def serve(settings: Settings) -> int:
     """Serve until a signal, drain, and return the exit code (see ``drain.run_until_signalled``)."""
     app = create_app(settings)
-    drain: Drain = app.extensions["gitsync.web.drain"]
-    runner: SyncRunner = app.extensions["windmill_git_sync"]
+    built: Components = app.extensions[EXTENSION]
+    drain, runner = built.drain, built.runner
     server = create_server(app, **waitress_options(settings))
     server.channel_class = RefusingChannel  # JSON refusals, logged, and no 100 before a 413
     port = int(server.effective_port)
