@@ -22,6 +22,7 @@ from pathlib import Path
 from gitsync.backup import guards
 from gitsync.backup.job import Progress, SyncJob, SyncResult
 from gitsync.backup.steps import TargetSync
+from gitsync.backup.tools import PID_FILE, Tools
 from gitsync.backup.workspaces import sync_every_workspace
 from gitsync.config import Settings
 from gitsync.deadline import Deadline
@@ -34,9 +35,6 @@ from gitsync.windmill.wmill import WmillCli
 
 log = logging.getLogger(__name__)
 
-# Records the running wmill child's process group, for ending it after a crash.
-# (Git runs in-process: there is no other child.)
-_MAIN_PID_FILE = "child.pid"
 # What earlier versions kept per target: a git work tree, git's HOME, the
 # pid file of a git fetch running beside the pull.
 _OBSOLETE = ("worktree", "home", "fetch.pid")
@@ -103,7 +101,7 @@ class SyncService:
         # Present at the start only if the previous run never finished (the
         # process was killed): its children and lock files may be left over.
         crashed = running.exists()
-        end_orphan(root / _MAIN_PID_FILE, root)
+        end_orphan(root / PID_FILE, root)
         running.touch()
         try:
             return self._sync_marked(job, root, deadline, report, crashed)
@@ -137,14 +135,10 @@ class SyncService:
                 log.warning("the previous sync of %s did not finish; repairing", job.workspace)
                 repo.recover_after_crash()
             return TargetSync(
-                settings=self.settings,
-                wmill=self.wmill,
-                scanner=self.scanner,
-                on_retry=self.on_retry,
+                tools=Tools(self.settings, self.wmill, self.scanner, self.on_retry),
                 job=job,
                 repo=repo,
                 root=root,
-                pid_file=root / _MAIN_PID_FILE,
                 deadline=deadline,
                 report=report,
                 crashed=crashed,
