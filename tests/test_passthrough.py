@@ -10,7 +10,8 @@ import urllib.parse
 import pytest
 
 from gitsync.secrets import Secret
-from gitsync.windmill.recorder import Body, Exchange, PassThrough, Request, Upstream
+from gitsync.windmill.body import Body
+from gitsync.windmill.recorder import Exchange, PassThrough, Request, Upstream
 from tests.conftest import WINDMILL_TOKEN, Target
 from tests.servers.windmill_emulator import WindmillEmulator
 

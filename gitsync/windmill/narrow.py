@@ -39,7 +39,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from gitsync.windmill.recorder import Body, Exchange, PassThrough, Request, Upstream
+from gitsync.windmill.body import Body
+from gitsync.windmill.recorder import Exchange, PassThrough, Request, Upstream
 from gitsync.windmill.wmill import Scope
 
 # Given to --includes when no item pattern is left: it matches nothing. An
