@@ -1,1 +1,1 @@
-"""The HTTP layer: the Flask app factory, request models, OpenAPI, status page and server."""
+"""The HTTP layer: the app factory, its blueprints, the one error table, the server."""
