@@ -5,7 +5,7 @@ waitress's threads. A burst of webhooks (all coalesced onto one queued run,
 so MAX_QUEUED_SYNCS does not stop them) could take every thread and leave
 none for ``/health`` and ``/ready``. So a few threads are kept for the
 probes, and a caller beyond the waiters' limit, or still waiting after
-SYNC_TIMEOUT, is answered 202 with the job's id to poll (``GET /jobs/<id>``),
+SYNC_TIMEOUT (and a short grace), is answered 202 with the job's id to poll (``GET /jobs/<id>``),
 the answer ``"wait": false`` gets at once.
 """
 
@@ -20,6 +20,10 @@ T = TypeVar("T")
 
 # Threads no waiting caller may take: the probes and reads always find one.
 PROBE_THREADS = 4
+# Beyond SYNC_TIMEOUT: a job that ends at its own deadline still answers its
+# caller, after the moment its teardown takes (connections cut, the CLI's
+# process group killed, the outcome recorded).
+GRACE_SECONDS = 15.0
 
 
 class NotWaited(Exception):
@@ -27,10 +31,10 @@ class NotWaited(Exception):
 
 
 class Waiters:
-    def __init__(self, server_threads: int, max_wait: float) -> None:
+    def __init__(self, server_threads: int, sync_timeout: float) -> None:
         # With very few threads (HTTP_THREADS=1), one caller may still wait.
         self.limit = max(server_threads - PROBE_THREADS, min(server_threads, 1))
-        self.max_wait = max_wait
+        self.max_wait = sync_timeout + GRACE_SECONDS
         self._slots = threading.BoundedSemaphore(self.limit)
 
     def result(self, future: Future[T]) -> T:
