@@ -87,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"windmill-git-sync: {exc.message}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(settings.log_level, settings.log_format)
+    # A one-shot command's stdout is its JSON answer: its log goes to stderr.
+    logs.configure(
+        settings.log_level,
+        settings.log_format,
+        sys.stdout if args.command == "serve" else sys.stderr,
+    )
     # A core dump of a process holding tokens must never reach a disk.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     problem = _data_dir_problem(settings)
