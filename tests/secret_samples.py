@@ -189,6 +189,42 @@ def true_secrets() -> list[Sample]:
         Sample(
             "jwt", "f/db/supabase.ts", ts(f'const serviceKey = "{token}";'), "JSON Web Token", token
         ),
+        *yaml_shapes(),
+    ]
+
+
+def yaml_shapes() -> list[Sample]:
+    """Secrets the scanner finds only once it has parsed the YAML: the screen must not skip them."""
+    secret_key, ibm, artifactory = aws_secret(), _random(44), "AKC" + _random(20)
+    return [
+        Sample(
+            "aws-secret-unquoted-in-yaml",
+            "f/aws/creds.resource.yaml",
+            f"resource_type: aws\nvalue:\n  aws_secret_access_key: {secret_key}\n",
+            "AWS Access Key",
+            secret_key,
+        ),
+        Sample(
+            "keyword-value-on-the-next-line",
+            "f/ibm/iam.resource.yaml",
+            f"resource_type: ibm\nvalue:\n  ibm_cloud_api_key:\n    {ibm}\n",
+            "IBM Cloud IAM Key",
+            ibm,
+        ),
+        Sample(
+            "artifactory-single-quoted",
+            "f/jfrog/npm.resource.yaml",
+            f"resource_type: jfrog\nvalue:\n  token: '{artifactory}'\n",
+            "Artifactory Credentials",
+            artifactory,
+        ),
+        Sample(
+            "keyword-through-an-anchor",
+            "f/ibm/shared.resource.yaml",
+            f"defaults: &key {ibm}\nvalue:\n  ibm_api_key: *key\n",
+            "IBM Cloud IAM Key",
+            ibm,
+        ),
     ]
 
 

@@ -28,6 +28,7 @@ from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_cla
 from detect_secrets.core.scan import scan_file
 from detect_secrets.settings import cache_bust, configure_settings_from_baseline
 from detect_secrets.transformers import get_transformed_file
+from detect_secrets.util.filetype import FileType, determine_file_type
 
 from gitsync.config import SecretScanPolicy as Policy
 from gitsync.deadline import Deadline
@@ -230,17 +231,59 @@ def _may_hold_a_secret(path: str, screen: list[re.Pattern[str]]) -> bool:
 
     The lines are the scanner's own: it decodes YAML (``"\\x67hp_…"`` is a
     GitHub token there) and reads config-like files as key = "value", so
-    matching the raw bytes could miss what it finds. Reading them costs a
-    parse, not the per-line filters the screen saves.
+    matching the raw text alone could miss what it finds. The raw text is
+    matched first (most files stop there); a YAML file is parsed only when
+    parsing could make a match (an escape, or a pattern that needs quotes the
+    parser adds); other files are read as the scanner reads them.
     """
     try:
         with open(path) as handle:
-            passes = [get_transformed_file(handle)]  # type: ignore[arg-type]
-            handle.seek(0)
             raw = handle.read()
-            handle.seek(0)
-            passes.append(get_transformed_file(handle, use_eager_transformers=True))  # type: ignore[arg-type]
     except UnicodeDecodeError:
         return False  # the scanner skips files that are not text, too
-    texts = [raw, *("\n".join(lines) for lines in passes if lines)]
-    return any(pattern.search(text) for text in texts for pattern in screen)
+    if _matches(raw, screen):
+        return True
+    if determine_file_type(path) == FileType.YAML and not _may_change_on_parsing(raw):
+        return False
+    with open(path) as handle:
+        passes = [get_transformed_file(handle)]  # type: ignore[arg-type]
+        handle.seek(0)
+        passes.append(get_transformed_file(handle, use_eager_transformers=True))  # type: ignore[arg-type]
+    return any(_matches("\n".join(lines), screen) for lines in passes if lines)
+
+
+def _matches(text: str, screen: list[re.Pattern[str]]) -> bool:
+    return any(pattern.search(text) for pattern in screen)
+
+
+def _may_change_on_parsing(raw: str) -> bool:
+    """Whether the scanner's YAML parsing could make a match the raw text lacks.
+
+    Parsed, a YAML value is the raw text less its quoting, on its key's line.
+    What can differ: escapes and line continuations (a backslash), tags
+    (``!!binary``), anchors (an alias's value read under another key), a
+    pattern that needs the double quotes the parser puts around every value,
+    and the keyword patterns, whose key and value the parser brings onto
+    one line when the value was written on the next.
+    """
+    return (
+        "\\" in raw
+        or "!!" in raw
+        or _ANCHOR.search(raw) is not None
+        or _QUOTED_ON_PARSING.search(raw) is not None
+        or (_KEYWORD.search(raw) is not None and _LONG_VALUE.search(raw) is not None)
+    )
+
+
+_ANCHOR = re.compile(r"(?:^|[\s:\-\[,{])&[^\s,\]}]+", re.MULTILINE)
+# An AWS secret key ("…" or '…' around 40 characters), an Artifactory token
+# (" before it): written with the quotes optional.
+_QUOTED_ON_PARSING = re.compile(
+    r"aws.{0,20}?(?:key|pwd|pw|password|pass|token).{0,20}?[\'\"]?[0-9a-zA-Z/+]{40}"
+    r"|(?:AKC[a-zA-Z0-9]{10,}|AP[\dABCDEF][a-zA-Z0-9]{8,})",
+    re.IGNORECASE,
+)
+# The Cloudant, IBM and SoftLayer patterns: a keyword, then a value of 24
+# characters or more.
+_KEYWORD = re.compile(r"key|pwd|pw|pass|token", re.IGNORECASE)
+_LONG_VALUE = re.compile(r"[a-zA-Z0-9_\-]{24,}")
