@@ -169,23 +169,33 @@ def run(
         upstream, replay, timeout, narrowing.tarball, plan.archive
     )
     try:
-        before = narrow.prepare_scratch(export_dir, scratch, plan.patterns)
+        lock = narrow.LockSplit.of(export_dir, plan.items)
+        before = narrow.prepare_scratch(export_dir, scratch, plan.patterns, lock)
         with passthrough.running():
             passthrough.begin_attempt(first=True)
             pull(scratch, passthrough)
         if not passthrough.served_as_planned():
             log.info("the narrowed pull asked for something unplanned; pulling in full")
             return None
+        if lock is not None:
+            merged = lock.merge(scratch / narrow.LOCK_FILE)
+            if merged is None:
+                log.info("the narrowed pull wrote an unexpected wmill-lock.yaml; pulling in full")
+                return None
+            (scratch / narrow.LOCK_FILE).write_text(merged, encoding="utf-8")
         incomplete = export_dir.with_name(export_dir.name + ".incomplete")
         incomplete.touch()
         written, deleted = narrow.apply_scratch(scratch, export_dir, before)
         incomplete.unlink()
         log.info(
-            "narrowed pull: %d items, %d patterns; %d files written, %d deleted",
+            "narrowed pull: %d items, %d patterns; %d files written, %d deleted; %s",
             len(plan.items),
             len(plan.patterns),
             written,
             deleted,
+            f"{len(lock.narrowed)} of {len(lock.narrowed) + len(lock.kept)} lock entries given"
+            if lock is not None
+            else "the whole lock file given",
         )
         return passthrough.exchanges()
     finally:
