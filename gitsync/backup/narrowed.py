@@ -87,7 +87,7 @@ class NarrowState:
         if len(tarballs) != 1 or tarballs[0].status != 200:
             return None
         try:
-            entries = narrow.entry_digests(narrow.read_archive(tarballs[0].body))
+            entries = narrow.archive_digests(tarballs[0])
         except narrow.Unsupported:
             return None
         state = cls({_key(e.request): e.digest_once for e in exchanges}, entries, last_full)
@@ -140,8 +140,12 @@ def choose(
     if len(tarballs) != 1 or replay[tarballs[0]].status != 200:
         return "no workspace archive"
     try:
-        current = narrow.read_archive(replay[tarballs[0]].body)
-        return Narrowing(tarballs[0], narrow.plan(state.entries, current, scope))
+        # The skip check read the archive's entries once already: only those served are read again.
+        archive = replay[tarballs[0]]
+        digests = narrow.archive_digests(archive)
+        return Narrowing(
+            tarballs[0], narrow.plan(state.entries, archive.body, scope, digests=digests)
+        )
     except narrow.Unsupported as exc:
         return str(exc)
 

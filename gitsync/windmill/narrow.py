@@ -35,7 +35,8 @@ import os
 import re
 import shutil
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+import zlib
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,17 +117,39 @@ def entry_digests(entries: Mapping[str, bytes]) -> dict[str, str]:
 
 def read_archive(body: Body) -> dict[str, bytes]:
     """The entries of a zip archive, in order; ``Unsupported`` for anything else."""
+    return read_entries(body, None)
+
+
+def read_entries(body: Body, names: Collection[str] | None) -> dict[str, bytes]:
+    """The entries ``names`` (None: all) of a zip archive, in archive order."""
     try:
         with zipfile.ZipFile(body.reader()) as zf:
             infos = zf.infolist()
             if any(info.is_dir() for info in infos):
                 raise Unsupported("the archive has directory entries")
-            entries = {info.filename: zf.read(info) for info in infos}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+            entries = {
+                info.filename: zf.read(info)
+                for info in infos
+                if names is None or info.filename in names
+            }
+            if names is None and len(entries) != len(infos):
+                raise Unsupported("the archive has duplicate entries")
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error):
         raise Unsupported("the archive is not a zip") from None
-    if len(entries) != len(infos):
-        raise Unsupported("the archive has duplicate entries")
     return entries
+
+
+def archive_digests(exchange: Exchange) -> dict[str, str]:
+    """Each entry of the exchange's zip archive with its content's sha256 (read once per answer)."""
+    entries = exchange.archive_entries
+    if entries is None:
+        raise Unsupported("the archive is not a zip")
+    digests = dict(entries)
+    if len(digests) != len(entries):
+        raise Unsupported("the archive has duplicate entries")
+    if any(name.endswith("/") for name in digests):
+        raise Unsupported("the archive has directory entries")
+    return digests
 
 
 def classify(names: Iterable[str]) -> dict[str, Item]:
@@ -174,15 +197,25 @@ def _item_digests(digests: Mapping[str, str], kinds: Mapping[str, Item]) -> dict
 
 def plan(
     previous: Mapping[str, str],
-    current: Mapping[str, bytes],
+    current: Mapping[str, bytes] | Body,
     scope: Scope,
     max_patterns: int = MAX_PATTERNS,
+    digests: Mapping[str, str] | None = None,
 ) -> Plan:
-    """The narrowed archive and patterns from the last sync's entry digests and this archive."""
+    """The narrowed archive and patterns from the last sync's entry digests and this archive.
+
+    ``current`` is the archive's entries, or its body with ``digests``, the
+    entries' digests (``archive_digests``): only the entries served are read.
+    """
+    if isinstance(current, Body):
+        if digests is None:
+            raise ValueError("an archive body needs its entries' digests")
+    else:
+        digests = entry_digests(current)
     old_kinds = classify(previous)
-    new_kinds = classify(current)
+    new_kinds = classify(digests)
     old_items = _item_digests(previous, old_kinds)
-    new_items = _item_digests(entry_digests(current), new_kinds)
+    new_items = _item_digests(digests, new_kinds)
     changed = {
         item
         for item in old_items.keys() | new_items.keys()
@@ -199,6 +232,10 @@ def plan(
         raise Unsupported(f"{len(patterns)} patterns (over {max_patterns})")
     # Rule 1: every global-kind entry, whatever changed.
     keep = [name for name, item in new_kinds.items() if item[0] == _GLOBAL or item in served]
+    if isinstance(current, Body):
+        current = read_entries(current, set(keep))
+        if current.keys() != set(keep):
+            raise Unsupported("the archive's entries changed while it was read")
     return Plan(_zip(current, keep), tuple(patterns), tuple(sorted(changed)))
 
 
