@@ -40,7 +40,7 @@ def node_order(keys: list[str]) -> list[str]:
 
 
 def test_lock_order_is_the_clis_order() -> None:
-    rng = random.Random(25)
+    rng = random.Random(25)  # noqa: S311 - test data, not crypto
     keys = {"f/a/b", "f/a/B", "f/a/b_c", "f/a/b-c", "f/a/b.flow+x", "f/a/b+__script_hash"}
     keys |= {"f/a/b/c", "f/a/b0", "f/a/Ba", "f/a/bA", "u/x/y", "./f/a/b"}
     while len(keys) < 3000:
@@ -59,7 +59,9 @@ def test_the_changed_items_entries_are_split_off_and_merged_back(tmp_path: Path)
     (tmp_path / narrow.LOCK_FILE).write_text(lock_text(keys))
     split = narrow.LockSplit.of(tmp_path, [("script", "f/a/s"), ("flow", "f/a/f")])
     assert split is not None
-    assert split.narrowed_text() == lock_text(["f/a/s", "f/a/s+__script_hash", "f/a/f.flow+__flow_hash"])
+    assert split.narrowed_text() == lock_text(
+        ["f/a/s", "f/a/s+__script_hash", "f/a/f.flow+__flow_hash"]
+    )
     # What the CLI leaves: a new flow step, a script entry rewritten, nothing removed.
     out = tmp_path / "out.yaml"
     cli_keys = ["f/a/s", "f/a/s+__script_hash", "f/a/f.flow+__flow_hash", "f/a/f.flow+new.py"]

@@ -508,7 +508,7 @@ class LockSplit:
         return _lock_text(self.narrowed)
 
     def merge(self, scratch_lock: Path) -> str | None:
-        """The export's lock file after the narrowed pull; None if the CLI wrote something unplanned."""
+        """The export's lock file after the narrowed pull; None if the CLI wrote anything else."""
         try:
             pairs = parse_lock(scratch_lock.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError):
