@@ -90,6 +90,8 @@ class Request:
         return path
 
 
+# How often the pass-through's serving loop checks whether it is to stop.
+_POLL_SECONDS = 0.02
 # Answers larger than this go to a file (deleted on close); smaller stay in memory.
 SPOOL_BYTES = 4 * 1024 * 1024
 _CHUNK = 64 * 1024
@@ -375,7 +377,14 @@ class PassThrough:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         server.daemon_threads = True
         self._server = server
-        thread = threading.Thread(target=server.serve_forever, name="wgs-passthrough", daemon=True)
+        # shutdown() waits for the serving loop to look at its flag, once per
+        # poll interval: the default half second was a fixed cost of every pull.
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": _POLL_SECONDS},
+            name="wgs-passthrough",
+            daemon=True,
+        )
         thread.start()
         try:
             yield self
