@@ -18,6 +18,7 @@ time.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -572,9 +573,16 @@ def test_narrowed_pulls_write_what_full_pulls_write(
 
 
 def test_every_kind_of_change_narrowed_in_one_chain(
-    windmill: WindmillEmulator, pristine: tuple[str, Path, narrowed.NarrowState], tmp_path: Path
+    windmill: WindmillEmulator,
+    pristine: tuple[str, Path, narrowed.NarrowState],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Every change, each alone, then all at once: each pull is narrowed (or says why not)."""
+    """Every change, each alone, then all at once: each pull is narrowed (or says why not).
+
+    Each narrowed CLI is given only the changed items' wmill-lock.yaml entries.
+    """
+    caplog.set_level(logging.INFO, logger="gitsync.backup.narrowed")
     side, full = start(windmill, pristine, tmp_path / "run")
     model = Model(windmill.workspace(side.workspace_id))
     for i, name in enumerate(sorted(CHANGES)):
@@ -586,6 +594,9 @@ def test_every_kind_of_change_narrowed_in_one_chain(
         # not change: that one is pulled in full (the file-extension map changed).
         assert mode in ("narrowed", FILE_TYPE_CHANGED), (name, mode)
     assert side.modes.count("narrowed") >= len(CHANGES) - 1, side.modes
+    done = [r.getMessage() for r in caplog.records if r.getMessage().startswith("narrowed pull:")]
+    assert len(done) == side.modes.count("narrowed")
+    assert all("lock entries given" in message for message in done), done
 
 
 def test_a_missing_rule_is_caught(

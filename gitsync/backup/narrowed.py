@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gitsync.config import Settings
-from gitsync.windmill import narrow
+from gitsync.windmill import narrow, narrow_lock
 from gitsync.windmill.recorder import Exchange, Request, Upstream
+from gitsync.windmill.scratch import apply_scratch, prepare_scratch
 from gitsync.windmill.wmill import Scope
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class NarrowState:
         if len(tarballs) != 1 or tarballs[0].status != 200:
             return None
         try:
-            entries = narrow.entry_digests(narrow.read_archive(tarballs[0].body))
+            entries = narrow.archive_digests(tarballs[0])
         except narrow.Unsupported:
             return None
         state = cls({_key(e.request): e.digest_once for e in exchanges}, entries, last_full)
@@ -140,8 +141,12 @@ def choose(
     if len(tarballs) != 1 or replay[tarballs[0]].status != 200:
         return "no workspace archive"
     try:
-        current = narrow.read_archive(replay[tarballs[0]].body)
-        return Narrowing(tarballs[0], narrow.plan(state.entries, current, scope))
+        # The skip check read the archive's entries once already: only those served are read again.
+        archive = replay[tarballs[0]]
+        digests = narrow.archive_digests(archive)
+        return Narrowing(
+            tarballs[0], narrow.plan(state.entries, archive.body, scope, digests=digests)
+        )
     except narrow.Unsupported as exc:
         return str(exc)
 
@@ -169,23 +174,33 @@ def run(
         upstream, replay, timeout, narrowing.tarball, plan.archive
     )
     try:
-        before = narrow.prepare_scratch(export_dir, scratch, plan.patterns)
+        lock = narrow_lock.LockSplit.of(export_dir, plan.items)
+        before = prepare_scratch(export_dir, scratch, plan.patterns, lock)
         with passthrough.running():
             passthrough.begin_attempt(first=True)
             pull(scratch, passthrough)
         if not passthrough.served_as_planned():
             log.info("the narrowed pull asked for something unplanned; pulling in full")
             return None
+        if lock is not None:
+            merged = lock.merge(scratch / narrow_lock.LOCK_FILE)
+            if merged is None:
+                log.info("the narrowed pull wrote an unexpected wmill-lock.yaml; pulling in full")
+                return None
+            (scratch / narrow_lock.LOCK_FILE).write_text(merged, encoding="utf-8")
         incomplete = export_dir.with_name(export_dir.name + ".incomplete")
         incomplete.touch()
-        written, deleted = narrow.apply_scratch(scratch, export_dir, before)
+        written, deleted = apply_scratch(scratch, export_dir, before)
         incomplete.unlink()
         log.info(
-            "narrowed pull: %d items, %d patterns; %d files written, %d deleted",
+            "narrowed pull: %d items, %d patterns; %d files written, %d deleted; %s",
             len(plan.items),
             len(plan.patterns),
             written,
             deleted,
+            f"{len(lock.narrowed)} of {len(lock.narrowed) + len(lock.kept)} lock entries given"
+            if lock is not None
+            else "the whole lock file given",
         )
         return passthrough.exchanges()
     finally:

@@ -22,7 +22,7 @@ a glob could misread, a scope pattern it cannot evaluate, too many patterns.
 
 The CLI still walks the whole local directory it pulls into; so the pull
 runs in a scratch directory holding only the files the patterns match and
-the global kinds' (``select_files``), and its results are moved back
+the global kinds' (``scratch.py``), and its results are moved back
 (``apply_scratch``): what the CLI wrote replaces, what it deleted goes.
 """
 
@@ -31,13 +31,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import os
 import re
-import shutil
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping
+import zlib
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from gitsync.windmill.body import Body
 from gitsync.windmill.recorder import Exchange, PassThrough, Request, Upstream
@@ -88,8 +86,34 @@ _SAME_PATH = ("resource", "variable", "schedule", "http_trigger")
 _PATH = re.compile(r"(?:f|u)/[A-Za-z0-9_-]+(?:/[A-Za-z0-9_-]+)*\Z")
 _FOLDER_META = re.compile(r"f/([A-Za-z0-9_-]+)/folder\.meta\.json\Z")
 # Local files and directories of the global kinds (rule 1), beside every root file.
-GLOBAL_DIRS = ("dependencies", "users", "groups", "ui")
 _GLOBAL = "global"
+
+
+# Read by the CLI whatever --includes says: always in the scratch folder.
+GLOBAL_DIRS = ("dependencies", "users", "groups", "ui")
+
+
+_GLOB_SPECIAL = set("[]{}()!+@,\\")
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A minimatch glob of ``*``, ``?`` and ``**`` segments as a regex; ``Unsupported`` beyond."""
+    if not pattern or _GLOB_SPECIAL & set(pattern) or pattern.startswith(("/", "./")):
+        raise Unsupported(f"a scope pattern the narrowed pull cannot evaluate: {pattern!r}")
+    segments = pattern.split("/")
+    out = ""
+    for i, segment in enumerate(segments):
+        last = i == len(segments) - 1
+        if segment == "**":
+            out += ".*" if last else "(?:[^/]+/)*"
+            continue
+        out += "".join(
+            "[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in segment
+        )
+        if not last:
+            out += "/"
+    return re.compile(out + r"\Z")
+
 
 Item = tuple[str, str]  # (kind, path)
 
@@ -117,17 +141,39 @@ def entry_digests(entries: Mapping[str, bytes]) -> dict[str, str]:
 
 def read_archive(body: Body) -> dict[str, bytes]:
     """The entries of a zip archive, in order; ``Unsupported`` for anything else."""
+    return read_entries(body, None)
+
+
+def read_entries(body: Body, names: Collection[str] | None) -> dict[str, bytes]:
+    """The entries ``names`` (None: all) of a zip archive, in archive order."""
     try:
         with zipfile.ZipFile(body.reader()) as zf:
             infos = zf.infolist()
             if any(info.is_dir() for info in infos):
                 raise Unsupported("the archive has directory entries")
-            entries = {info.filename: zf.read(info) for info in infos}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+            entries = {
+                info.filename: zf.read(info)
+                for info in infos
+                if names is None or info.filename in names
+            }
+            if names is None and len(entries) != len(infos):
+                raise Unsupported("the archive has duplicate entries")
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error):
         raise Unsupported("the archive is not a zip") from None
-    if len(entries) != len(infos):
-        raise Unsupported("the archive has duplicate entries")
     return entries
+
+
+def archive_digests(exchange: Exchange) -> dict[str, str]:
+    """Each entry of the exchange's zip archive with its content's sha256 (read once per answer)."""
+    entries = exchange.archive_entries
+    if entries is None:
+        raise Unsupported("the archive is not a zip")
+    digests = dict(entries)
+    if len(digests) != len(entries):
+        raise Unsupported("the archive has duplicate entries")
+    if any(name.endswith("/") for name in digests):
+        raise Unsupported("the archive has directory entries")
+    return digests
 
 
 def classify(names: Iterable[str]) -> dict[str, Item]:
@@ -175,15 +221,25 @@ def _item_digests(digests: Mapping[str, str], kinds: Mapping[str, Item]) -> dict
 
 def plan(
     previous: Mapping[str, str],
-    current: Mapping[str, bytes],
+    current: Mapping[str, bytes] | Body,
     scope: Scope,
     max_patterns: int = MAX_PATTERNS,
+    digests: Mapping[str, str] | None = None,
 ) -> Plan:
-    """The narrowed archive and patterns from the last sync's entry digests and this archive."""
+    """The narrowed archive and patterns from the last sync's entry digests and this archive.
+
+    ``current`` is the archive's entries, or its body with ``digests``, the
+    entries' digests (``archive_digests``): only the entries served are read.
+    """
+    if isinstance(current, Body):
+        if digests is None:
+            raise ValueError("an archive body needs its entries' digests")
+    else:
+        digests = entry_digests(current)
     old_kinds = classify(previous)
-    new_kinds = classify(current)
+    new_kinds = classify(digests)
     old_items = _item_digests(previous, old_kinds)
-    new_items = _item_digests(entry_digests(current), new_kinds)
+    new_items = _item_digests(digests, new_kinds)
     changed = {
         item
         for item in old_items.keys() | new_items.keys()
@@ -200,6 +256,10 @@ def plan(
         raise Unsupported(f"{len(patterns)} patterns (over {max_patterns})")
     # Rule 1: every global-kind entry, whatever changed.
     keep = [name for name, item in new_kinds.items() if item[0] == _GLOBAL or item in served]
+    if isinstance(current, Body):
+        current = read_entries(current, set(keep))
+        if current.keys() != set(keep):
+            raise Unsupported("the archive's entries changed while it was read")
     return Plan(_zip(current, keep), tuple(patterns), tuple(sorted(changed)))
 
 
@@ -228,28 +288,6 @@ class _ScopeTest:
         return verdicts.pop()
 
 
-_GLOB_SPECIAL = set("[]{}()!+@,\\")
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """A minimatch glob of ``*``, ``?`` and ``**`` segments as a regex; ``Unsupported`` beyond."""
-    if not pattern or _GLOB_SPECIAL & set(pattern) or pattern.startswith(("/", "./")):
-        raise Unsupported(f"a scope pattern the narrowed pull cannot evaluate: {pattern!r}")
-    segments = pattern.split("/")
-    out = ""
-    for i, segment in enumerate(segments):
-        last = i == len(segments) - 1
-        if segment == "**":
-            out += ".*" if last else "(?:[^/]+/)*"
-            continue
-        out += "".join(
-            "[^/]*" if c == "*" else "[^/]" if c == "?" else re.escape(c) for c in segment
-        )
-        if not last:
-            out += "/"
-    return re.compile(out + r"\Z")
-
-
 def _zip(entries: Mapping[str, bytes], names: Iterable[str]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
@@ -259,118 +297,6 @@ def _zip(entries: Mapping[str, bytes], names: Iterable[str]) -> bytes:
             info.external_attr = 0o777 << 16
             zf.writestr(info, entries[name])
     return buffer.getvalue()
-
-
-# -- the scratch directory -------------------------------------------------------------------
-
-
-def select_files(export_dir: Path, patterns: Iterable[str]) -> set[str]:
-    """The export's files the CLI reads in a narrowed pull (relative paths).
-
-    Those the patterns match, every root file (wmill.yaml, wmill-lock.yaml,
-    resource types, settings) and the global kinds' directories; found
-    without walking the rest of the export.
-    """
-    found: set[str] = set()
-    with os.scandir(export_dir) as it:
-        for entry in it:
-            if entry.is_file(follow_symlinks=False):
-                found.add(entry.name)
-    for name in GLOBAL_DIRS:
-        found.update(_walk(export_dir, name))
-    for pattern in patterns:
-        found.update(_matching(export_dir, pattern))
-    return found
-
-
-def _walk(root: Path, rel: str) -> Iterator[str]:
-    top = root / rel
-    if not top.is_dir() or top.is_symlink():
-        return
-    for directory, dirs, files in os.walk(top):
-        rel_dir = os.path.relpath(directory, root)
-        for name in files:
-            if not os.path.islink(os.path.join(directory, name)):
-                yield f"{rel_dir}/{name}"
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(directory, d))]
-
-
-def _matching(root: Path, pattern: str) -> Iterator[str]:
-    regex = glob_regex(pattern)
-    segments = pattern.split("/")
-    literal = 0
-    while literal < len(segments) - 1 and not set("*?") & set(segments[literal]):
-        literal += 1
-    head = "/".join(segments[:literal])
-    rest = segments[literal:]
-    if "**" in rest:
-        candidates: Iterable[str] = _walk(root, head)
-    else:
-        candidates = _level(root, head, len(rest))
-    for rel in candidates:
-        if regex.match(rel):
-            yield rel
-
-
-def _level(root: Path, head: str, depth: int) -> Iterator[str]:
-    """Files exactly ``depth`` levels under ``head``."""
-    try:
-        with os.scandir(root / head) as it:
-            entries = list(it)
-    except (FileNotFoundError, NotADirectoryError):
-        return
-    for entry in entries:
-        rel = f"{head}/{entry.name}"
-        if depth == 1:
-            if entry.is_file(follow_symlinks=False):
-                yield rel
-        elif entry.is_dir(follow_symlinks=False):
-            yield from _level(root, rel, depth - 1)
-
-
-def prepare_scratch(export_dir: Path, scratch: Path, patterns: Iterable[str]) -> set[str]:
-    """A fresh ``scratch`` holding copies of the export's files a narrowed pull reads."""
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    scratch.mkdir(parents=True)
-    selected = select_files(export_dir, patterns)
-    for rel in selected:
-        target = scratch / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(export_dir / rel, target)
-    return selected
-
-
-def apply_scratch(scratch: Path, export_dir: Path, before: set[str]) -> tuple[int, int]:
-    """Move the narrowed pull's results into the export: written files, deletions.
-
-    Returns (files written, files deleted). Files the CLI left as they were
-    are not touched (their file-index entries stay good).
-    """
-    after = set(_walk(scratch, "."))
-    after = {rel.removeprefix("./") for rel in after}
-    deleted = 0
-    for rel in sorted(before - after):
-        (export_dir / rel).unlink(missing_ok=True)
-        deleted += 1
-    written = 0
-    for rel in sorted(after):
-        source, target = scratch / rel, export_dir / rel
-        if rel in before and _same_bytes(source, target):
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, target)
-        written += 1
-    return written, deleted
-
-
-def _same_bytes(a: Path, b: Path) -> bool:
-    try:
-        if a.stat().st_size != b.stat().st_size:
-            return False
-        return a.read_bytes() == b.read_bytes()
-    except OSError:
-        return False
 
 
 # -- serving it ------------------------------------------------------------------------------

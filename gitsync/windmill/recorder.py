@@ -89,6 +89,10 @@ class Request:
         return path
 
 
+# How often the pass-through's serving loop checks whether it is to stop.
+_POLL_SECONDS = 0.02
+
+
 @dataclass(frozen=True, eq=False)
 class Exchange:
     request: Request
@@ -102,6 +106,15 @@ class Exchange:
         # The check and the record both need it: the archive is read once.
         return self.digest()
 
+    @functools.cached_property
+    def archive_entries(self) -> list[tuple[str, str]] | None:
+        """Each entry of a zip answer with its content's sha256, in archive order; None if no zip.
+
+        Read once, for the digest, the skip check's narrowing plan and the
+        narrowed-pull state alike.
+        """
+        return zip_entries(self.body)
+
     def digest(self) -> str:
         """A digest of the answer as the CLI uses it.
 
@@ -110,20 +123,29 @@ class Exchange:
         entries' names and contents, so that is what the digest covers.
         """
         if 200 <= self.status < 300 and self.request.endpoint == "workspaces/tarball":
-            content = _sha(archive_digest(self.body).encode())
+            content = _sha(archive_digest(self.body, self.archive_entries).encode())
         else:
             content = _stream_sha(self.body.chunks())
         material = json.dumps([self.status, self.content_type.lower(), content])
         return _sha(material.encode())
 
 
-def archive_digest(body: Body) -> str:
-    """Sorted entry names and content digests of a zip (or tar); the raw bytes otherwise."""
-    entries: list[tuple[str, str]] = []
+def zip_entries(body: Body) -> list[tuple[str, str]] | None:
+    """(name, sha256 of the content) of each entry of a zip, in order; None if it is no zip."""
     try:
         with zipfile.ZipFile(body.reader()) as zf:
-            entries = [(i.filename, _member_sha(zf.open(i))) for i in zf.infolist()]
+            return [(i.filename, _member_sha(zf.open(i))) for i in zf.infolist()]
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error):
+        return None
+
+
+def archive_digest(body: Body, zipped: list[tuple[str, str]] | None = None) -> str:
+    """Sorted entry names and content digests of a zip (or tar); the raw bytes otherwise.
+
+    ``zipped``: the zip's entries (``zip_entries``), when they were read already.
+    """
+    entries = zipped if zipped is not None else zip_entries(body)
+    if entries is None:
         entries = []
         try:
             with tarfile.open(fileobj=body.reader()) as tf:
@@ -272,7 +294,14 @@ class PassThrough:
         server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         server.daemon_threads = True
         self._server = server
-        thread = threading.Thread(target=server.serve_forever, name="wgs-passthrough", daemon=True)
+        # shutdown() waits for the serving loop to look at its flag, once per
+        # poll interval: the default half second was a fixed cost of every pull.
+        thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": _POLL_SECONDS},
+            name="wgs-passthrough",
+            daemon=True,
+        )
         thread.start()
         try:
             yield self
