@@ -257,19 +257,27 @@ class TargetSync:
 
     @contextmanager
     def _tips(self, first: Future[str | None] | None) -> Iterator[Iterator[Future[str | None]]]:
-        """The remote's tip for each attempt, asked in the background on a handle of its own.
+        """The remote's tip for each attempt, asked in the background.
 
-        The first is ``first`` when the skip check has just fetched it. Leaving
-        waits for a fetch still running: a repair never runs under one.
+        The first is ``first`` when the skip check has just fetched it. Each
+        fetch opens a handle of its own on the repository: one opened before
+        this run's commits were written would advertise them to the remote
+        without seeing them, and a thin pack against them could not be
+        resolved. Leaving waits for a fetch still running: a repair never
+        runs under one.
         """
-        fetcher = self.repo.another_handle()
-        with fetcher, ThreadPoolExecutor(1, thread_name_prefix="wgs-fetch") as pool:
+
+        def fetch() -> str | None:
+            with self.repo.another_handle() as handle:
+                return self.fetch_tip(handle)
+
+        with ThreadPoolExecutor(1, thread_name_prefix="wgs-fetch") as pool:
 
             def tips() -> Iterator[Future[str | None]]:
                 if first is not None:
                     yield first
                 while True:
-                    yield pool.submit(self.fetch_tip, fetcher)
+                    yield pool.submit(fetch)
 
             yield tips()
 
