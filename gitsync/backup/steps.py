@@ -69,15 +69,15 @@ class TargetSync:
     index: FileIndex = field(default_factory=FileIndex)
 
     def run(self) -> SyncResult:
-        gate, pull = (
-            self._gate(),
-            Pull(self.tools, self.job, self.root, self.deadline, self.crashed),
-        )
+        gate = self._gate()
+        pull = Pull(self.tools, self.job, self.root, self.deadline, self.crashed)
+        # 1. Pull first, with this request's own token: nothing is pushed
+        #    unless this request proved it may read the workspace.
         self.report("pulling")
-        pulled = pull.run(gate, remote_tip=lambda: self.fetch_tip(self.repo))  # 1. pull
+        pulled = pull.run(gate, remote_tip=lambda: self.fetch_tip(self.repo))
         if pulled.skip:
             return self._unchanged(pulled)
-        # 2. Stage, 3. commit, 4. push.
+        # 2. Stage, 3. commit, 4. push, on the remote's tip.
         result, export = self.commit_and_push(pulled)
         return self._remember(gate, pull, pulled, export, result)
 
@@ -133,7 +133,7 @@ class TargetSync:
         return self.tools.retrying(lambda: self.repo.push(head, tip), "the Git push", self.deadline)
 
     def fetch_tip(self, repo: GitRepo) -> str | None:
-        """The remote's tip, through ``repo`` (the run's own handle, or the fetcher's)."""
+        """The remote's tip, through ``repo`` (the run's own handle, or a fetch's own)."""
         return self.tools.retrying(repo.fetch_tip, "the Git fetch", self.deadline)
 
     # -- the parts of run() ------------------------------------------------
