@@ -178,9 +178,21 @@ def target(windmill: WindmillEmulator, git_server: GitHttpServer) -> Target:
 def plain_pull(windmill: WindmillEmulator, workspace_id: str, dest: Path, wmill_yaml: str) -> None:
     """What `wmill sync pull` itself writes for this workspace and scope."""
     dest.mkdir(parents=True)
+    bare_cli_pull(windmill, workspace_id, dest, wmill_yaml, timeout=120)
+
+
+def bare_cli_pull(
+    windmill: WindmillEmulator,
+    workspace_id: str,
+    dest: Path,
+    wmill_yaml: str,
+    *args: str,
+    timeout: float = 280,
+) -> subprocess.CompletedProcess[str]:
+    """The unmodified pinned CLI pulling into ``dest``, run the way a user runs it."""
     (dest / "wmill.yaml").write_text(wmill_yaml)
     home = dest.parent / (dest.name + "-home")
-    home.mkdir()
+    home.mkdir(exist_ok=True)
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(home),
@@ -189,13 +201,14 @@ def plain_pull(windmill: WindmillEmulator, workspace_id: str, dest: Path, wmill_
         "WM_WORKSPACE": workspace_id,
         "BASE_INTERNAL_URL": windmill.base_url,
     }
-    subprocess.run(
-        ["node", str(WMILL_CLI), "sync", "pull", "--yes"],
+    return subprocess.run(
+        ["node", str(WMILL_CLI), "sync", "pull", "--yes", *args],
         cwd=dest,
         env=env,
         check=True,
         capture_output=True,
-        timeout=120,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -13,7 +13,6 @@ time.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,7 +25,7 @@ from gitsync.deadline import Deadline
 from gitsync.secrets import Redactor, Secret
 from gitsync.windmill import fast_pull, wmill
 from gitsync.windmill.wmill import Scope, WmillCli
-from tests.conftest import WINDMILL_TOKEN, files_under
+from tests.conftest import WINDMILL_TOKEN, bare_cli_pull, files_under
 from tests.servers.service_process import WMILL_CLI
 from tests.servers.windmill_emulator import WindmillEmulator, Workspace
 
@@ -40,26 +39,7 @@ def plain_cli_pull(
     windmill: WindmillEmulator, workspace_id: str, dest: Path, *args: str
 ) -> subprocess.CompletedProcess[str]:
     """The unmodified pinned CLI, run the way a user runs it (no service code involved)."""
-    (dest / "wmill.yaml").write_text(SCOPE.wmill_yaml())
-    home = dest.parent / (dest.name + "-home")
-    home.mkdir(exist_ok=True)
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(home),
-        "WMILL_CONFIG_DIR": str(home / "config"),
-        "WM_TOKEN": WINDMILL_TOKEN,
-        "WM_WORKSPACE": workspace_id,
-        "BASE_INTERNAL_URL": windmill.base_url,
-    }
-    return subprocess.run(
-        ["node", str(WMILL_CLI), "sync", "pull", "--yes", *args],
-        cwd=dest,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=280,
-    )
+    return bare_cli_pull(windmill, workspace_id, dest, SCOPE.wmill_yaml(), *args)
 
 
 def seed(ws: Workspace) -> None:

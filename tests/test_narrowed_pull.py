@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +36,7 @@ from gitsync.secrets import Redactor, Secret
 from gitsync.windmill import narrow, wmill
 from gitsync.windmill.recorder import PassThrough, Request, Upstream
 from gitsync.windmill.wmill import Scope, WmillCli
-from tests.conftest import WINDMILL_TOKEN, files_under
+from tests.conftest import WINDMILL_TOKEN, bare_cli_pull, files_under
 from tests.servers.service_process import WMILL_CLI
 from tests.servers.windmill_emulator import (
     BUN_LOCK,
@@ -424,25 +422,7 @@ steps = st.lists(st.lists(change, min_size=1, max_size=4), min_size=STEPS, max_s
 
 def reference_pull(windmill: WindmillEmulator, workspace_id: str, dest: Path) -> None:
     """The unmodified pinned CLI's full pull, in place, as a user runs it (then the scrub)."""
-    (dest / "wmill.yaml").write_text(SCOPE.wmill_yaml())
-    home = dest.parent / (dest.name + "-home")
-    home.mkdir(exist_ok=True)
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(home),
-        "WMILL_CONFIG_DIR": str(home / "config"),
-        "WM_TOKEN": WINDMILL_TOKEN,
-        "WM_WORKSPACE": workspace_id,
-        "BASE_INTERNAL_URL": windmill.base_url,
-    }
-    subprocess.run(
-        ["node", str(WMILL_CLI), "sync", "pull", "--yes"],
-        cwd=dest,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=280,
-    )
+    bare_cli_pull(windmill, workspace_id, dest, SCOPE.wmill_yaml())
     wmill.scrub_settings(dest / "settings.yaml")
 
 

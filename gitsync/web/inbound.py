@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
-from flask import jsonify, request
+from flask import Response, jsonify, request
 
 from gitsync.config import Settings
 from gitsync.errors import (
@@ -24,7 +25,11 @@ from gitsync.errors import (
     UnsupportedMediaType,
 )
 from gitsync.jobs.runner import RETRY_AFTER_SECONDS
-from gitsync.web.drain import Drain
+from gitsync.web.components import current
+from gitsync.web.drain import JOB_ID_KEY, Drain
+from gitsync.web.waiting import NotWaited
+
+T = TypeVar("T")
 
 # Paths anyone may call even when inbound authentication is on.
 PUBLIC_PATHS = frozenset({"/health", "/ready"})
@@ -77,7 +82,16 @@ def json_body() -> Any:
         raise RequestError("Request body is not valid JSON") from None
 
 
-def accepted(job_id: str, message: str, **extra: Any) -> Any:
+def waited(job_id: str, future: Future[T], queued: str, **extra: Any) -> T | Response:
+    """The job's result, or 202 with the job to poll when its caller may not wait for it."""
+    request.environ[JOB_ID_KEY] = job_id
+    try:
+        return current().waiters.result(future)
+    except NotWaited:
+        return accepted(job_id, queued, **extra)
+
+
+def accepted(job_id: str, message: str, **extra: Any) -> Response:
     """202: the job is accepted and runs on; ``GET /jobs/<id>`` reports it."""
     response = jsonify(
         success=True, message=message, job_id=job_id, status_url=f"/jobs/{job_id}", **extra

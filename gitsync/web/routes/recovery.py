@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from gitsync.inputs.requests import (
     parse_history_query,
@@ -20,9 +20,7 @@ from gitsync.inputs.requests import (
 from gitsync.jobs.tasks import HISTORY, RESTORE
 from gitsync.recovery.history import item_history
 from gitsync.web.components import current
-from gitsync.web.drain import JOB_ID_KEY
-from gitsync.web.inbound import accepted, json_body
-from gitsync.web.waiting import NotWaited
+from gitsync.web.inbound import json_body, waited
 
 recovery = Blueprint("recovery", __name__)
 
@@ -40,11 +38,9 @@ def restore() -> Any:
         work=lambda: c.restorer.restore(job),
         describe=lambda result: result.to_dict(),
     )
-    request.environ[JOB_ID_KEY] = task.job_id
-    try:
-        result = c.waiters.result(task.future)
-    except NotWaited:
-        return accepted(task.job_id, f"Restore into workspace '{job.workspace}' queued")
+    result = waited(task.job_id, task.future, f"Restore into workspace '{job.workspace}' queued")
+    if isinstance(result, Response):
+        return result
     verb = "Restored" if result.applied else "Dry run: would restore"
     return jsonify(
         success=True,
@@ -76,11 +72,9 @@ def deepened_history() -> Any:
         branch=query.branch,
         work=lambda: item_history(c.settings, query, c.service.locks),
     )
-    request.environ[JOB_ID_KEY] = task.job_id
-    try:
-        found = c.waiters.result(task.future)
-    except NotWaited:
-        return accepted(task.job_id, f"History of '{query.item_path}' queued")
+    found = waited(task.job_id, task.future, f"History of '{query.item_path}' queued")
+    if isinstance(found, Response):
+        return found
     return jsonify(
         success=True,
         workspace=query.workspace,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 
 from gitsync.backup.job import success_message
 from gitsync.errors import RequestError
@@ -13,8 +13,7 @@ from gitsync.inputs.requests import parse_sync_request
 from gitsync.web.components import current
 from gitsync.web.drain import JOB_ID_KEY
 from gitsync.web.errors import error_response
-from gitsync.web.inbound import accepted, json_body
-from gitsync.web.waiting import NotWaited
+from gitsync.web.inbound import accepted, json_body, waited
 
 syncs = Blueprint("syncs", __name__)
 
@@ -34,10 +33,10 @@ def sync() -> Any:
     queued = f"Sync of workspace '{req.workspace}' queued"
     if not req.wait or "respond-async" in request.headers.get("Prefer", ""):
         return accepted(ticket.job_id, queued, coalesced=ticket.coalesced)
-    try:
-        result = c.waiters.result(ticket.run.future)  # the runner logs and counts it
-    except NotWaited:
-        return accepted(ticket.job_id, queued, coalesced=ticket.coalesced)
+    # The runner logs and counts the run.
+    result = waited(ticket.job_id, ticket.run.future, queued, coalesced=ticket.coalesced)
+    if isinstance(result, Response):
+        return result
     held = bool(result.all_held)
     response = jsonify(
         success=not held,
