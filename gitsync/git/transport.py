@@ -152,6 +152,11 @@ class Remote:
             password=self.token.reveal(),
             timeout=timeout,  # type: ignore[arg-type]  # urllib3 takes a Timeout too
             quiet=True,
+            # A thin pack's deltas name bases the server believes we hold;
+            # two replicas racing on one branch met packs whose bases this
+            # copy could not resolve (UnresolvedDeltas). A self-contained
+            # pack costs a little more and never depends on what we hold.
+            thin_packs=False,
         )
 
     def close(self) -> None:
