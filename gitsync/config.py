@@ -262,6 +262,10 @@ class Settings:
         return self.data_dir / "tmp"
 
     @property
+    def node_compile_cache(self) -> Path:
+        return self.data_dir / "node-compile-cache"
+
+    @property
     def retry_policy(self) -> RetryPolicy:
         return RetryPolicy(
             attempts=self.retry_attempts,

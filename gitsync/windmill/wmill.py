@@ -314,6 +314,11 @@ class WmillCli:
             "WM_TOKEN": token.reveal(),
             "WM_WORKSPACE": workspace,
             "BASE_INTERNAL_URL": self.settings.windmill_base_url,
+            # Node (22 and later) keeps the CLI's compiled code here: its
+            # start-up is most of a narrowed pull's time, and about a third
+            # of it is compiling the same 3.7 MB bundle again. No request
+            # data goes there, only code.
+            "NODE_COMPILE_CACHE": str(self.settings.node_compile_cache),
         }
         if self.settings.node_extra_ca_certs:
             env["NODE_EXTRA_CA_CERTS"] = str(self.settings.node_extra_ca_certs)
