@@ -30,6 +30,7 @@ LAYERS = {
     "errors": 0,
     "secrets": 0,
     "deadline": 0,
+    "tls": 0,
     "retry": 0,
     "version": 0,
     "__init__": 0,

@@ -7,10 +7,8 @@ failures mean) because this part is about sockets and TLS only.
 from __future__ import annotations
 
 import socket
-import ssl
 import threading
 import weakref
-from pathlib import Path
 from typing import Any
 
 from dulwich.client import Urllib3HttpGitClient
@@ -93,10 +91,3 @@ class Watchdog:
             ConnectionCls = WatchedConnection
 
         return WatchedPool
-
-
-def system_ca_file() -> str | None:
-    # OpenSSL's default bundle, named explicitly: with ca_certs=None urllib3
-    # would still load it, but SSL_CERT_FILE from the environment would win.
-    cafile = ssl.get_default_verify_paths().openssl_cafile
-    return cafile if Path(cafile).is_file() else None

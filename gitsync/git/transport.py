@@ -48,9 +48,10 @@ from dulwich.repo import Repo
 
 from gitsync.deadline import Deadline
 from gitsync.errors import GitAuthError, GitError, GitPushRejected, SyncTimeout
-from gitsync.git.http import SmartHttpClient, Watchdog, system_ca_file
+from gitsync.git.http import SmartHttpClient, Watchdog
 from gitsync.git.trees import local_store
 from gitsync.secrets import Redactor, Secret
+from gitsync.tls import git_context
 
 log = logging.getLogger(__name__)
 # dulwich logs every pkt-line at DEBUG: volume, and remote-chosen text.
@@ -130,7 +131,7 @@ class Remote:
             self._watchdog = Watchdog(self.deadline)
             self._pool = urllib3.PoolManager(
                 cert_reqs=ssl.CERT_REQUIRED,
-                ca_certs=str(self.ca_file) if self.ca_file else system_ca_file(),
+                ssl_context=git_context(self.ca_file),
                 # No retries means no redirects either: a 3xx is an answer we refuse.
                 retries=False,
                 headers={"User-Agent": _USER_AGENT},

@@ -9,7 +9,6 @@ whether Windmill really rejected the token.
 from __future__ import annotations
 
 import json
-import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gitsync.secrets import Secret
+from gitsync.tls import windmill_context
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -27,14 +27,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 def windmill_opener(extra_ca: Path | None) -> urllib.request.OpenerDirector:
     """How the service reaches Windmill: verified TLS, no redirect, no ambient proxy."""
-    context = ssl.create_default_context()
-    if extra_ca:
-        context.load_verify_locations(cafile=str(extra_ca))
     # No proxy from the environment: ambient settings never reroute a token.
     return urllib.request.build_opener(
         _NoRedirect(),
         urllib.request.ProxyHandler({}),
-        urllib.request.HTTPSHandler(context=context),
+        urllib.request.HTTPSHandler(context=windmill_context(extra_ca)),
     )
 
 
