@@ -17,7 +17,6 @@ item, the file, the line and the detector, never the value.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -27,12 +26,11 @@ from typing import Any
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 from detect_secrets.core.scan import scan_file
 from detect_secrets.settings import cache_bust, configure_settings_from_baseline
-from detect_secrets.transformers import get_transformed_file
-from detect_secrets.util.filetype import FileType, determine_file_type
 
 from gitsync.config import SecretScanPolicy as Policy
 from gitsync.deadline import Deadline
 from gitsync.secretscan import detectors, lookalikes
+from gitsync.secretscan.screen import Screen
 from gitsync.windmill import items
 
 # Detectors of one provider's key format: a match is almost surely a secret.
@@ -157,11 +155,8 @@ class SecretScanner:
             "plugins_used": plugins,
             "filters_used": [{"path": path} for path in (*BUILT_IN_FILTERS, *lookalikes.FILTERS)],
         }
-        # The keyed detectors are line regexes: a file none of them matches
-        # in any line the scanner would read cannot hold a finding, and
-        # skips the scanner's per-file work (its filters: ~5 ms a file, most
-        # of a first sync's scan). The entropy detectors have no such regex.
-        self._screen = None if entropy else _screen(HIGH_CONFIDENCE_DETECTORS, OUR_DETECTORS)
+        # The entropy detectors have no regex to screen files with.
+        self._screen = None if entropy else Screen(HIGH_CONFIDENCE_DETECTORS, OUR_DETECTORS)
         # Names what this scanner finds, for the skip check's record.
         self.name = "entropy" if entropy else "keyed"
 
@@ -178,7 +173,7 @@ class SecretScanner:
         for rel in sorted(files):
             if deadline is not None:
                 deadline.for_command(float("inf"))  # raises once the sync is out of time
-            if self._screen is not None and not _may_hold_a_secret(files[rel], self._screen):
+            if self._screen is not None and not self._screen.may_hold_a_secret(files[rel]):
                 continue
             ref = items.item_of(rel)
             item = f"{ref.kind} {ref.path}" if ref else rel
@@ -208,82 +203,3 @@ def _settings(config: dict[str, Any]) -> Iterator[None]:
             configure_settings_from_baseline(config)
             _active_config[:] = [config]
         yield
-
-
-def _screen(names: tuple[str, ...], ours: tuple[Any, ...]) -> list[re.Pattern[str]]:
-    """The detectors' own regexes, one per set of flags, made to work on a whole file."""
-    # detect-secrets ships no type hints: its classes are Any here.
-    plugin_classes: list[Any] = list(get_mapping_from_secret_type_to_class().values())
-    classes: dict[str, Any] = {c.__name__: c for c in plugin_classes}
-    by_flags: dict[int, list[str]] = {}
-    for cls in [classes[name] for name in names] + list(ours):
-        for pattern in cls().denylist:
-            by_flags.setdefault(pattern.flags, []).append(pattern.pattern)
-    # MULTILINE: a pattern anchored to a line's start or end still is.
-    return [
-        re.compile("|".join(f"(?:{p})" for p in patterns), flags | re.MULTILINE)
-        for flags, patterns in by_flags.items()
-    ]
-
-
-def _may_hold_a_secret(path: str, screen: list[re.Pattern[str]]) -> bool:
-    """Whether a detector's regex matches any line the scanner would read in ``path``.
-
-    The lines are the scanner's own: it decodes YAML (``"\\x67hp_…"`` is a
-    GitHub token there) and reads config-like files as key = "value", so
-    matching the raw text alone could miss what it finds. The raw text is
-    matched first (most files stop there); a YAML file is parsed only when
-    parsing could make a match (an escape, or a pattern that needs quotes the
-    parser adds); other files are read as the scanner reads them.
-    """
-    try:
-        with open(path) as handle:
-            raw = handle.read()
-    except UnicodeDecodeError:
-        return False  # the scanner skips files that are not text, too
-    if _matches(raw, screen):
-        return True
-    if determine_file_type(path) == FileType.YAML and not _may_change_on_parsing(raw):
-        return False
-    with open(path) as handle:
-        passes = [get_transformed_file(handle)]  # type: ignore[arg-type]
-        handle.seek(0)
-        passes.append(get_transformed_file(handle, use_eager_transformers=True))  # type: ignore[arg-type]
-    return any(_matches("\n".join(lines), screen) for lines in passes if lines)
-
-
-def _matches(text: str, screen: list[re.Pattern[str]]) -> bool:
-    return any(pattern.search(text) for pattern in screen)
-
-
-def _may_change_on_parsing(raw: str) -> bool:
-    """Whether the scanner's YAML parsing could make a match the raw text lacks.
-
-    Parsed, a YAML value is the raw text less its quoting, on its key's line.
-    What can differ: escapes and line continuations (a backslash), tags
-    (``!!binary``), anchors (an alias's value read under another key), a
-    pattern that needs the double quotes the parser puts around every value,
-    and the keyword patterns, whose key and value the parser brings onto
-    one line when the value was written on the next.
-    """
-    return (
-        "\\" in raw
-        or "!!" in raw
-        or _ANCHOR.search(raw) is not None
-        or _QUOTED_ON_PARSING.search(raw) is not None
-        or (_KEYWORD.search(raw) is not None and _LONG_VALUE.search(raw) is not None)
-    )
-
-
-_ANCHOR = re.compile(r"(?:^|[\s:\-\[,{])&[^\s,\]}]+", re.MULTILINE)
-# An AWS secret key ("…" or '…' around 40 characters), an Artifactory token
-# (" before it): written with the quotes optional.
-_QUOTED_ON_PARSING = re.compile(
-    r"aws.{0,20}?(?:key|pwd|pw|password|pass|token).{0,20}?[\'\"]?[0-9a-zA-Z/+]{40}"
-    r"|(?:AKC[a-zA-Z0-9]{10,}|AP[\dABCDEF][a-zA-Z0-9]{8,})",
-    re.IGNORECASE,
-)
-# The Cloudant, IBM and SoftLayer patterns: a keyword, then a value of 24
-# characters or more.
-_KEYWORD = re.compile(r"key|pwd|pw|pass|token", re.IGNORECASE)
-_LONG_VALUE = re.compile(r"[a-zA-Z0-9_\-]{24,}")
