@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gitsync.windmill import coverage, version
 from gitsync.windmill.wmill import Scope
@@ -290,3 +292,17 @@ def test_every_workspace_in_one_request_names_each_gap_by_workspace(
         a.workspace_id: [],
         b.workspace_id: [{"kind": "dashboard", "path": "f/team/weekly_report"}],
     }
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.text(alphabet="ab./_-Z9é\n", max_size=16),
+    st.sampled_from(["", ".json", ".yaml", ".yml", "json", ".json\n"]),
+)
+def test_typed_names_split_as_the_pattern_splits_them(stem: str, end: str) -> None:
+    """The hand-written split of ``<path>.<kind>.<ext>`` agrees with the regex it replaces."""
+    from gitsync.windmill.coverage import _TYPED, _typed
+
+    name = stem + end
+    match = _TYPED.match(name)
+    assert _typed(name) == ((match["path"], match["kind"], match["ext"]) if match else None)

@@ -129,3 +129,49 @@ def test_archive_digest_ignores_build_times_but_not_content(
     # A token that cannot read the workspace gets a different answer, never the same digest.
     refused = upstream.fetch_with_token(request, Secret("wm_tok_wrong_0000000000"), timeout=10)
     assert refused.status == 401 and refused.digest() != third.digest()
+
+
+def _zip(entries: dict[str, bytes], method: int = 8) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def _spooled(data: bytes) -> Body:
+    body = Body()
+    for start in range(0, len(data), 1 << 16):
+        body.write(data[start : start + (1 << 16)])
+    return body
+
+
+def test_archive_entry_digests_follow_the_content_not_the_archive() -> None:
+    """The skip check's per-entry digests: stored bytes, read straight from the archive."""
+    import os
+
+    from gitsync.windmill.body import SPOOL_BYTES
+    from gitsync.windmill.recorder import zip_entries
+
+    entries = {f"f/team/s{i}.py": f"print({i})\n".encode() * 50 for i in range(40)}
+    entries["f/team/big.resource.file.bin"] = os.urandom(SPOOL_BYTES)  # spooled to disk
+    before = dict(zip_entries(_spooled(_zip(entries))) or [])
+    assert list(before) == list(entries)
+    assert dict(zip_entries(Body.of(_zip(entries))) or []) == before  # built again: the same
+    edited = {**entries, "f/team/s7.py": b"print('edited')\n"}
+    after = dict(zip_entries(Body.of(_zip(edited))) or [])
+    assert [name for name in entries if after[name] != before[name]] == ["f/team/s7.py"]
+    # Kept in memory or spooled to disk: read alike.
+    small = {k: v for k, v in edited.items() if not k.endswith(".bin")}
+    assert zip_entries(Body.of(_zip(small))) == zip_entries(_spooled(_zip(small)))
+    # The same content stored another way reads as changed: a larger pull, never a miss.
+    stored = dict(zip_entries(Body.of(_zip(small, method=0))) or [])
+    assert all(stored[name] != after[name] for name in small)
+    # Not a zip, or cut short: no entries, so the skip check cannot match.
+    assert zip_entries(Body.of(b"not a zip")) is None
+    whole = _zip(small)
+    cut = whole[:200] + whole[-2000:]  # the directory intact, the entries gone
+    assert zip_entries(Body.of(cut)) is None

@@ -39,7 +39,7 @@ def of_pull(
         ),
         None,
     )
-    archive = coverage.read_archive(body.reader) if body is not None else None
+    archive = coverage.read_archive(body) if body is not None else None
     if archive is None:
         log.warning("the pull's workspace archive was not recorded; its coverage is unknown")
         return None

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "narrow-state.json"
 SCRATCH_DIR = "narrow-scratch"
-_FORMAT = 1
+_FORMAT = 2  # 2: entry digests of the stored bytes (recorder.zip_entries)
 TARBALL = "workspaces/tarball"
 # Answers whose change a narrowed pull carries as the full pull does.
 _CARRIED = frozenset({TARBALL, "shared_ui/get", "users/whoami"})
@@ -144,9 +144,7 @@ def choose(
         # The skip check read the archive's entries once already: only those served are read again.
         archive = replay[tarballs[0]]
         digests = narrow.archive_digests(archive)
-        return Narrowing(
-            tarballs[0], narrow.plan(state.entries, archive.body, scope, digests=digests)
-        )
+        return Narrowing(tarballs[0], narrow.plan(state.entries, archive.body, digests, scope))
     except narrow.Unsupported as exc:
         return str(exc)
 

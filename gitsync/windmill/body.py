@@ -11,6 +11,7 @@ import io
 import tempfile
 import threading
 import weakref
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -36,6 +37,9 @@ class Body:
         )
         self._lock = threading.Lock()
         self.size = 0
+        self._zip: zipfile.ZipFile | None = None
+        self._zip_read = False
+        self._zip_lock = threading.Lock()  # not _lock: parsing reads through read_at
         weakref.finalize(self, self._file.close)
 
     @classmethod
@@ -65,12 +69,32 @@ class Body:
             yield chunk
 
     def read_all(self) -> bytes:
-        """Every byte, in memory: for small answers and tests only."""
+        """Every byte, in memory: for answers kept in memory anyway, and tests."""
         return b"".join(self.chunks())
 
     def reader(self) -> IO[bytes]:
         """A file object of its own (its own position), for the archive readers."""
         return io.BufferedReader(_BodyReader(self), CHUNK)
+
+    def as_zip(self) -> zipfile.ZipFile | None:
+        """The body as a zip archive (None if it is not one), once written whole.
+
+        Parsed once and shared: a sync reads the workspace archive three
+        times (the skip check's digests, the narrowed pull's entries, the
+        coverage), and its directory alone, 12,800 entries at 5000 items,
+        took 40-80 ms to parse each time. Readers open members and never
+        close it; it goes with the body.
+        """
+        with self._zip_lock:
+            if not self._zip_read:
+                # A weak reference: the body holds the zip, not the other way round.
+                reader = io.BufferedReader(_BodyReader(weakref.proxy(self)), CHUNK)
+                try:
+                    self._zip = zipfile.ZipFile(reader)
+                except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+                    self._zip = None
+                self._zip_read = True
+            return self._zip
 
 
 class _BodyReader(io.RawIOBase):

@@ -9,6 +9,7 @@ item a file belongs to.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -99,6 +100,9 @@ class ItemChange:
         return f"{self.item.kind} {self.item.path}: {self.change}"
 
 
+# A sync asks this of every exported file, several times (the README's
+# count, the coverage, the scan): 12,800 files at 5000 items, 9 µs each.
+@functools.lru_cache(maxsize=1 << 16)
 def item_of(rel: str) -> ItemRef | None:
     """The item a file of the export belongs to (None for bookkeeping files)."""
     if rel in BOOKKEEPING:

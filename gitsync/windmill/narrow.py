@@ -135,29 +135,16 @@ class Plan:
         return self.patterns or (NOTHING,)
 
 
-def entry_digests(entries: Mapping[str, bytes]) -> dict[str, str]:
-    return {name: hashlib.sha256(data).hexdigest() for name, data in entries.items()}
-
-
-def read_archive(body: Body) -> dict[str, bytes]:
-    """The entries of a zip archive, in order; ``Unsupported`` for anything else."""
-    return read_entries(body, None)
-
-
-def read_entries(body: Body, names: Collection[str] | None) -> dict[str, bytes]:
-    """The entries ``names`` (None: all) of a zip archive, in archive order."""
+def read_entries(body: Body, names: Collection[str]) -> dict[str, bytes]:
+    """The entries ``names`` of a zip archive, in archive order."""
+    zf = body.as_zip()
+    if zf is None:
+        raise Unsupported("the archive is not a zip")
     try:
-        with zipfile.ZipFile(body.reader()) as zf:
-            infos = zf.infolist()
-            if any(info.is_dir() for info in infos):
-                raise Unsupported("the archive has directory entries")
-            entries = {
-                info.filename: zf.read(info)
-                for info in infos
-                if names is None or info.filename in names
-            }
-            if names is None and len(entries) != len(infos):
-                raise Unsupported("the archive has duplicate entries")
+        infos = zf.infolist()
+        if any(info.is_dir() for info in infos):
+            raise Unsupported("the archive has directory entries")
+        entries = {info.filename: zf.read(info) for info in infos if info.filename in names}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error):
         raise Unsupported("the archive is not a zip") from None
     return entries
@@ -221,21 +208,16 @@ def _item_digests(digests: Mapping[str, str], kinds: Mapping[str, Item]) -> dict
 
 def plan(
     previous: Mapping[str, str],
-    current: Mapping[str, bytes] | Body,
+    body: Body,
+    digests: Mapping[str, str],
     scope: Scope,
     max_patterns: int = MAX_PATTERNS,
-    digests: Mapping[str, str] | None = None,
 ) -> Plan:
     """The narrowed archive and patterns from the last sync's entry digests and this archive.
 
-    ``current`` is the archive's entries, or its body with ``digests``, the
-    entries' digests (``archive_digests``): only the entries served are read.
+    ``digests`` are this archive's (``archive_digests``): only the entries
+    served are read from ``body``.
     """
-    if isinstance(current, Body):
-        if digests is None:
-            raise ValueError("an archive body needs its entries' digests")
-    else:
-        digests = entry_digests(current)
     old_kinds = classify(previous)
     new_kinds = classify(digests)
     old_items = _item_digests(previous, old_kinds)
@@ -256,10 +238,9 @@ def plan(
         raise Unsupported(f"{len(patterns)} patterns (over {max_patterns})")
     # Rule 1: every global-kind entry, whatever changed.
     keep = [name for name, item in new_kinds.items() if item[0] == _GLOBAL or item in served]
-    if isinstance(current, Body):
-        current = read_entries(current, set(keep))
-        if current.keys() != set(keep):
-            raise Unsupported("the archive's entries changed while it was read")
+    current = read_entries(body, set(keep))
+    if current.keys() != set(keep):
+        raise Unsupported("the archive's entries changed while it was read")
     return Plan(_zip(current, keep), tuple(patterns), tuple(sorted(changed)))
 
 

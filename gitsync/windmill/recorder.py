@@ -28,11 +28,11 @@ import http.client
 import json
 import logging
 import secrets
+import struct
 import tarfile
 import threading
 import urllib.error
 import urllib.request
-import zipfile
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -45,7 +45,7 @@ from gitsync.errors import WindmillUpstreamError
 from gitsync.secrets import Secret
 from gitsync.windmill.api import windmill_opener
 from gitsync.windmill.body import CHUNK as _CHUNK
-from gitsync.windmill.body import Body
+from gitsync.windmill.body import SPOOL_BYTES, Body
 
 log = logging.getLogger(__name__)
 
@@ -131,12 +131,55 @@ class Exchange:
 
 
 def zip_entries(body: Body) -> list[tuple[str, str]] | None:
-    """(name, sha256 of the content) of each entry of a zip, in order; None if it is no zip."""
-    try:
-        with zipfile.ZipFile(body.reader()) as zf:
-            return [(i.filename, _member_sha(zf.open(i))) for i in zf.infolist()]
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error):
+    """(name, digest of the content) of each entry of a zip, in order; None if it is no zip.
+
+    The digest is of the entry as stored: its method, CRC, size and stored
+    (compressed) bytes, read straight from the archive. The same stored bytes
+    always inflate to the same content, so an unchanged digest is an unchanged
+    entry; content stored otherwise (another compressor) only reads as
+    changed, which costs a larger pull, never a missed change. Inflating and
+    hashing every entry instead was most of the skip check's own time at
+    5000 items (12,800 entries). Damaged entries are found where they are
+    inflated: by the narrowed pull's reader, and by the CLI.
+    """
+    zf = body.as_zip()
+    if zf is None:
         return None
+    # An archive kept in memory is read at once; one spooled to disk, piece by piece.
+    whole = memoryview(body.read_all()) if body.size <= SPOOL_BYTES else None
+
+    def read_at(offset: int, size: int) -> bytes | memoryview:
+        if whole is not None:
+            return whole[offset : offset + size]
+        return body.read_at(offset, size)
+
+    entries = []
+    try:
+        for info in zf.infolist():
+            header = read_at(info.header_offset, _LOCAL_HEADER.size)
+            if len(header) != _LOCAL_HEADER.size:
+                return None
+            magic, *_, name_length, extra_length = _LOCAL_HEADER.unpack(header)
+            if magic != _LOCAL_MAGIC:
+                return None
+            start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+            digest = hashlib.sha256(b"%d %d %d\0" % (info.compress_type, info.CRC, info.file_size))
+            end = start + info.compress_size
+            while start < end:  # in chunks: one entry may be large
+                stored = read_at(start, min(_CHUNK, end - start))
+                if not stored:
+                    return None  # the entry runs past the end of the answer
+                digest.update(stored)
+                start += len(stored)
+            entries.append((info.filename, digest.hexdigest()))
+    except (ValueError, OSError, struct.error):
+        return None
+    return entries
+
+
+# A zip entry's local header (APPNOTE 4.3.7): magic ... name and extra lengths.
+_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+_LOCAL_MAGIC = b"PK\x03\x04"
 
 
 def archive_digest(body: Body, zipped: list[tuple[str, str]] | None = None) -> str:
