@@ -405,9 +405,9 @@ def test_killed_during_the_fetch_next_sync_backs_up(
     windmill: WindmillEmulator,
     tmp_path: Path,
 ) -> None:
-    # The fetch runs in a thread of the service beside the commit's
-    # preparation: killed there, it leaves no process, only what dulwich was
-    # writing, which the next sync clears.
+    # The fetch runs in a thread of the service, begun while the CLI pulls
+    # and awaited by the commit's preparation: killed there, it leaves no
+    # process, only what dulwich was writing, which the next sync clears.
     first = services.start()
     assert first.post("/sync", fresh.body()).status_code == 200
     before = fresh.log()
@@ -418,8 +418,11 @@ def test_killed_during_the_fetch_next_sync_backs_up(
     try:
         killed_post = in_background(lambda: first.post("/sync", fresh.body(), timeout=120))
         wait_for(
-            lambda: [r for r in git_server.requests if r.repo == fresh.repo and r.status is None],
-            "the service asking the remote for its tip",
+            lambda: (
+                [r for r in git_server.requests if r.repo == fresh.repo and r.status is None]
+                and jobs_of(first, fresh)[0]["phase"] == "fetching"
+            ),
+            "the service waiting for the remote's tip, the CLI done",
         )
         kill_service(first)
         assert isinstance(killed_post.exception(timeout=30), requests.ConnectionError)

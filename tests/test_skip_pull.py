@@ -312,3 +312,29 @@ def test_another_cli_version_runs_the_cli(
         assert sync(second, target)["pull"] == "skipped"
     finally:
         second.stop()
+
+
+def test_the_record_from_a_syncs_own_walk_is_the_one_a_new_walk_gives(tmp_path: Path) -> None:
+    """The export's digest for the next skip check comes from step 2's walk, not a walk of its own."""
+    from gitsync.backup.skip import export_state
+    from gitsync.git.file_index import FileIndex
+    from gitsync.windmill.mirror import snapshot_export
+
+    export = tmp_path / "export"
+    for rel, text in {
+        "wmill.yaml": "defaultTs: bun\n",
+        "f/team/etl.py": "def main(): pass\n",
+        "f/team/etl.script.yaml": "summary: etl\n",
+        "f/team/flow.flow/flow.yaml": "summary: f\n",
+        "f/team/empty.flow/.keep/x.ts": "1\n",
+        "users/alice.user.yaml": "email: a\n",
+    }.items():
+        (export / rel).parent.mkdir(parents=True, exist_ok=True)
+        (export / rel).write_text(text)
+    (export / "f" / "empty_dir").mkdir()
+    index = FileIndex()
+    walked = export_state(export, index)
+    assert export_state(export, index, snapshot_export(export)) == walked
+    assert export_state(export, FileIndex(), snapshot_export(export)) == walked
+    (export / "f/team/etl.py").write_text("def main(): return 1\n")
+    assert export_state(export, index, snapshot_export(export))[0] != walked[0]

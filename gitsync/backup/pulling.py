@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,13 +36,26 @@ class Pull:
     # When the last full pull of this target ran, once a narrowed pull is done.
     last_full_pull: float | None = None
 
-    def run(self, gate: PullGate, remote_tip: Callable[[], str | None]) -> Decision:
+    def run(
+        self,
+        gate: PullGate,
+        remote_tip: Callable[[], str | None],
+        early_tip: Callable[[], Future[str | None]],
+    ) -> Decision:
+        """The pull; ``remote_tip`` asks the remote for its tip, ``early_tip`` in the background.
+
+        When the skip check finds Windmill's content changed, the request's
+        token has just been answered by Windmill as before, and the remote's
+        tip is asked while the CLI pulls: the commit needs it next.
+        """
         decision = gate.check(
             self.job.windmill_token, self.deadline, crashed=self.crashed, remote_tip=remote_tip
         )
         if decision.skip:
             log.info("nothing the pull reads has changed; the CLI is not started")
             return decision
+        if decision.replay and not decision.tip_known:
+            decision.early_tip = early_tip()
         state = narrowed.NarrowState.load(self.root)
         gate.forget()
         narrowed.NarrowState.forget(self.root)

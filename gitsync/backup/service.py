@@ -10,7 +10,6 @@ repository and hands the steps themselves to a ``TargetSync`` (``steps``).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import logging
 import shutil
@@ -145,9 +144,6 @@ class SyncService:
             ).run()
         finally:
             repo.close()
-            # dulwich's objects form reference cycles: without this the
-            # process settles near twice its working size (docs: dulwich.md 7).
-            gc.collect()
 
 
 def _write_target_description(root: Path, job: SyncJob) -> None:

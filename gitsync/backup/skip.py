@@ -40,6 +40,7 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,7 @@ from gitsync.errors import WindmillAuthError, WindmillUpstreamError
 from gitsync.git.file_index import FileIndex
 from gitsync.secrets import Secret
 from gitsync.version import CLI_VERSION, service_version
+from gitsync.windmill.mirror import Snapshot
 from gitsync.windmill.recorder import Exchange, Request, Upstream
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,8 @@ class Decision:
     tip_known: bool = False
     # Filled in after the pull: what the CLI was answered, for the next record.
     exchanges: list[Exchange] = field(default_factory=list)
+    # The remote's tip, asked while the CLI pulls (see Pull.run).
+    early_tip: Future[str | None] | None = None
     # On a skip: the items the last sync held back, held still.
     held: tuple[dict[str, Any], ...] = ()
 
@@ -223,11 +227,16 @@ class PullGate:
         self.path.unlink(missing_ok=True)
 
     def remember(
-        self, exchanges: list[Exchange], tip: str | None, held: tuple[dict[str, Any], ...] = ()
+        self,
+        exchanges: list[Exchange],
+        tip: str | None,
+        held: tuple[dict[str, Any], ...] = (),
+        seen: Snapshot | None = None,
     ) -> None:
+        """The record the next sync compares with; ``seen``: this sync's last walk of the export."""
         if tip is None:
             return
-        export, files = export_state(self.export_dir, self.index)
+        export, files = export_state(self.export_dir, self.index, seen)
         self.index.save(self.index_path, files)
         record = PullRecord(
             cli=cli_digest(self.settings),
@@ -283,16 +292,27 @@ def _which(program: str) -> Path:
     return Path(found).resolve() if found else Path(program)
 
 
-def export_state(export_dir: Path, index: FileIndex) -> tuple[str, list[str]]:
+def export_state(
+    export_dir: Path, index: FileIndex, seen: Snapshot | None = None
+) -> tuple[str, list[str]]:
     """The export's digest, and its regular files (relative paths).
 
-    An interrupted pull leaves a marker beside it, which counts too.
+    An interrupted pull leaves a marker beside it, which counts too. ``seen``:
+    this sync's own walk of the export since it last changed, which gives the
+    digest a walk now would (it holds plain files and directories only).
     """
     incomplete = export_dir.with_name(export_dir.name + ".incomplete")
     if incomplete.exists() or not export_dir.is_dir():
         return "incomplete", []
-    stack = [(os.fspath(export_dir), "")]
     entries: list[tuple[str, str]] = []
+    if seen is not None:
+        entries.extend((rel, "dir") for rel in seen.dirs)
+        entries.extend(
+            (rel, index.blob_id(rel, path, seen.stats[rel]).decode())
+            for rel, path in seen.files.items()
+        )
+        return _export_digest(entries), list(seen.files)
+    stack = [(os.fspath(export_dir), "")]
     files: list[str] = []
     while stack:
         directory, rel_dir = stack.pop()
@@ -310,10 +330,14 @@ def export_state(export_dir: Path, index: FileIndex) -> tuple[str, list[str]]:
                     files.append(rel)
                 else:
                     entries.append((rel, "other"))
+    return _export_digest(entries), files
+
+
+def _export_digest(entries: list[tuple[str, str]]) -> str:
     outer = hashlib.sha256()
     for rel, digest in sorted(entries):
         outer.update(f"{rel}\0{digest}\n".encode())
-    return outer.hexdigest(), files
+    return outer.hexdigest()
 
 
 def _sha(data: bytes) -> str:

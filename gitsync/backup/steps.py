@@ -38,6 +38,7 @@ from gitsync.git.repo import Change, GitRepo, is_corruption
 from gitsync.git.transport import PushOutcome
 from gitsync.secretscan.scan import Finding, HeldItem
 from gitsync.windmill import items, mirror
+from gitsync.windmill.mirror import Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +68,36 @@ class TargetSync:
     crashed: bool
     # The export's file index: the skip check's, lent to the stage step.
     index: FileIndex = field(default_factory=FileIndex)
+    # The export as step 2 walked it, after the pull: staged and remembered.
+    export: Snapshot | None = None
 
     def run(self) -> SyncResult:
         gate = self._gate()
         pull = Pull(self.tools, self.job, self.root, self.deadline, self.crashed)
-        # 1. Pull first, with this request's own token: nothing is pushed
-        #    unless this request proved it may read the workspace.
-        self.report("pulling")
-        pulled = pull.run(gate, remote_tip=lambda: self.fetch_tip(self.repo))
-        if pulled.skip:
-            return self._unchanged(pulled)
-        # 2. Stage, 3. commit, 4. push, on the remote's tip.
-        result, export = self.commit_and_push(pulled)
+        # Leaving waits for a fetch begun during the pull: the target's lock
+        # is never let go while one still writes to the repository.
+        with ThreadPoolExecutor(1, thread_name_prefix="wgs-tip") as early:
+            # 1. Pull first, with this request's own token: nothing is pushed
+            #    unless this request proved it may read the workspace.
+            self.report("pulling")
+            pulled = pull.run(
+                gate,
+                remote_tip=lambda: self.fetch_tip(self.repo),
+                early_tip=lambda: early.submit(self._fetch_tip_apart),
+            )
+            if pulled.skip:
+                return self._unchanged(pulled)
+            # 2. Stage, 3. commit, 4. push, on the remote's tip.
+            result, export = self.commit_and_push(pulled)
         return self._remember(gate, pull, pulled, export, result)
 
     def commit_and_push(self, pulled: Decision) -> tuple[SyncResult, dict[str, str]]:
         """Steps 2 to 4, on the remote's tip; once more after repairing a damaged copy."""
+        first = pulled.early_tip
+        if first is None and pulled.tip_known:
+            first = _ready(pulled.tip)
         try:
-            return self._commit_and_push(_ready(pulled.tip) if pulled.tip_known else None)
+            return self._commit_and_push(first)
         except (GitError, CommandError) as exc:
             if not is_corruption(exc):
                 raise
@@ -102,7 +115,13 @@ class TargetSync:
     def stage(self, base: str | None, export: dict[str, str], readme_text: str) -> str:
         """Step 2: ``base``'s tree with the export (and README) in place, built in memory."""
         return self.repo.stage(
-            base, export, self.job.path_prefix, readme_text, mirror.is_managed, self.index
+            base,
+            export,
+            self.job.path_prefix,
+            readme_text,
+            mirror.is_managed,
+            self.index,
+            self.export.stats if self.export is not None else None,
         )
 
     def commit(
@@ -135,6 +154,11 @@ class TargetSync:
     def fetch_tip(self, repo: GitRepo) -> str | None:
         """The remote's tip, through ``repo`` (the run's own handle, or a fetch's own)."""
         return self.tools.retrying(repo.fetch_tip, "the Git fetch", self.deadline)
+
+    def _fetch_tip_apart(self) -> str | None:
+        # A handle of its own: see _tips.
+        with self.repo.another_handle() as handle:
+            return self.fetch_tip(handle)
 
     # -- the parts of run() ------------------------------------------------
 
@@ -172,7 +196,8 @@ class TargetSync:
         job = self.job
         with self._tips(first_tip) as tips:
             # The export is read while the remote is asked for its tip.
-            export = mirror.scan_export(self.root / "export")
+            self.export = mirror.snapshot_export(self.root / "export")
+            export = self.export.files
             readme_text = readme.render(
                 job.workspace,
                 self.tools.settings.windmill_host,
@@ -259,17 +284,13 @@ class TargetSync:
     def _tips(self, first: Future[str | None] | None) -> Iterator[Iterator[Future[str | None]]]:
         """The remote's tip for each attempt, asked in the background.
 
-        The first is ``first`` when the skip check has just fetched it. Each
-        fetch opens a handle of its own on the repository: one opened before
-        this run's commits were written would advertise them to the remote
-        without seeing them, and a thin pack against them could not be
-        resolved. Leaving waits for a fetch still running: a repair never
-        runs under one.
+        The first is ``first`` when the skip check has just fetched it, or
+        when a fetch began while the CLI pulled. Each fetch opens a handle of
+        its own on the repository: one opened before this run's commits were
+        written would advertise them to the remote without seeing them, and a
+        thin pack against them could not be resolved. Leaving waits for a
+        fetch still running: a repair never runs under one.
         """
-
-        def fetch() -> str | None:
-            with self.repo.another_handle() as handle:
-                return self.fetch_tip(handle)
 
         with ThreadPoolExecutor(1, thread_name_prefix="wgs-fetch") as pool:
 
@@ -277,7 +298,7 @@ class TargetSync:
                 if first is not None:
                     yield first
                 while True:
-                    yield pool.submit(fetch)
+                    yield pool.submit(self._fetch_tip_apart)
 
             yield tips()
 
@@ -295,7 +316,8 @@ class TargetSync:
         coverage = coverage_step.of_pull(pulled.exchanges, export, self.job.scope, held=held_files)
         # Before the record that lets the next sync skip: a skip answers with it.
         coverage_step.remember(self.root, coverage)
-        gate.remember(pulled.exchanges, result.commit, tuple(h.to_dict() for h in result.held))
+        held = tuple(h.to_dict() for h in result.held)
+        gate.remember(pulled.exchanges, result.commit, held, self.export)
         if result.commit is not None:
             last_full = pull.last_full_pull if pull.last_full_pull is not None else time.time()
             narrowed.NarrowState.remember(self.root, pulled.exchanges, last_full)

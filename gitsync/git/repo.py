@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -246,13 +247,22 @@ class GitRepo:
         readme: str,
         managed: Callable[[str], bool],
         index: FileIndex | None = None,
+        stats: Mapping[str, os.stat_result] | None = None,
     ) -> str:
         """The tree of ``base`` with the export (and README) in place; built in memory."""
         with local_store("Preparing the commit"):
             try:
                 base_tree = self.peel(_oid(base)).tree if base else None
                 tree = trees.stage_export(
-                    self.get, base_tree, export, prefix, readme, self._pending, managed, index
+                    self.get,
+                    base_tree,
+                    export,
+                    prefix,
+                    readme,
+                    self._pending,
+                    managed,
+                    index,
+                    stats,
                 )
             except KeyError as exc:
                 raise GitError(

@@ -11,6 +11,7 @@ pack.
 
 from __future__ import annotations
 
+import os
 import stat
 import struct
 import zlib
@@ -200,13 +201,16 @@ def stage_export(
     new: dict[ObjectID, ShaFile],
     managed: Callable[[str], bool],
     index: FileIndex | None = None,
+    stats: Mapping[str, os.stat_result] | None = None,
 ) -> ObjectID:
     """The base tree with the export (and our README) in place under ``prefix``.
 
     ``managed`` says which paths (relative to ``prefix``) are the export's to
     decide; every other path keeps what the base tree has. ``index`` spares
-    reading files unchanged since it last saw them (file_index.py).
+    reading files unchanged since it last saw them (file_index.py); ``stats``,
+    the files' stats from this sync's walk of the export, spare a stat each.
     """
+    stats = stats if stats is not None else {}
     index = index if index is not None else FileIndex()
     base = Base.of(get, base_tree)
     entries = dict(base.entries)
@@ -225,7 +229,7 @@ def stage_export(
             del entries[path]
     for rel, source in export.items():
         path = root + rel
-        sha = index.cached(rel, source)
+        sha = index.cached(rel, source, stats.get(rel))
         old = entries.get(path)
         if sha is not None and old is not None and old[1] == sha and stat.S_ISREG(old[0]):
             continue  # unchanged and not read: keep the mode the remote has

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from gitsync.errors import UnsafeExportError
@@ -37,11 +38,33 @@ def is_managed(rel: str) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """The export as one walk saw it: its files, their stats, its directories."""
+
+    files: dict[str, str]  # relative -> absolute path
+    stats: dict[str, os.stat_result]
+    dirs: tuple[str, ...]
+
+
 def scan_export(root: Path, *, max_files: int = 200_000) -> dict[str, str]:
     """Files of an export (relative -> absolute path); refuses all but managed plain files."""
+    return snapshot_export(root, max_files=max_files).files
+
+
+def snapshot_export(root: Path, *, max_files: int = 200_000) -> Snapshot:
+    """``scan_export``, with each file's stat and the directories.
+
+    One walk serves the stage step (a stat says whether a file must be read
+    again, file_index.py) and the record the next sync compares the export
+    with (backup/skip.py): a sync walked the 12,800 files of a 5000-item
+    export four times.
+    """
     # os.scandir and plain strings: a sync walks thousands of files, and
     # pathlib's per-path parsing was most of this function's time.
     files: dict[str, str] = {}
+    stats: dict[str, os.stat_result] = {}
+    dirs: list[str] = []
     pending = [(os.fspath(root), "")]
     while pending:
         directory, rel_dir = pending.pop()
@@ -54,6 +77,7 @@ def scan_export(root: Path, *, max_files: int = 200_000) -> dict[str, str]:
                         f"The export contains a symbolic link ({rel}); refusing it"
                     )
                 if entry.is_dir(follow_symlinks=False):
+                    dirs.append(rel)
                     pending.append((entry.path, rel))
                     continue
                 if not entry.is_file(follow_symlinks=False):
@@ -61,9 +85,10 @@ def scan_export(root: Path, *, max_files: int = 200_000) -> dict[str, str]:
                 if not is_managed(rel):
                     raise UnsafeExportError(f"The export contains an unexpected file ({rel})")
                 files[rel] = entry.path
+                stats[rel] = entry.stat(follow_symlinks=False)
                 if len(files) > max_files:
                     raise UnsafeExportError(f"The export has more than {max_files} files")
-    return files
+    return Snapshot(files, stats, tuple(dirs))
 
 
 def _check_name(name: str) -> None:
