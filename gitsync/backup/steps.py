@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +109,8 @@ class TargetSync:
                 self.job.workspace,
                 extra={"detail": getattr(exc, "detail", None)},
             )
+            if first is not None:
+                wait([first])  # a repair never runs under a fetch
             self.repo.recover_after_crash()
             return self._commit_and_push(None)
 

@@ -9,10 +9,14 @@ decides what to fetch and push.
 
 from __future__ import annotations
 
+import logging
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from dulwich.objects import ObjectID
+from dulwich.object_store import BaseObjectStore
+from dulwich.objects import S_ISGITLINK, Commit, ObjectID, Tree
+from dulwich.pack import generate_unpacked_objects
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
@@ -21,6 +25,8 @@ from gitsync.deadline import Deadline
 from gitsync.git.transport import PushOutcome, Remote
 from gitsync.git.trees import local_store
 from gitsync.secrets import Redactor, Secret
+
+log = logging.getLogger(__name__)
 
 # Blobs above this size are not fetched for a sync: it only needs the remote's
 # trees (and our README's text), and a "zip bomb" blob never arrives.
@@ -93,9 +99,80 @@ class RemoteBranch:
         """Make the branch ``commit`` if it still is ``expected`` (None: absent)."""
 
         def generate(have: object, want: object, ofs_delta: bool = False, progress: object = None):  # type: ignore[no-untyped-def]
+            store = repo.object_store
+            if expected is not None and expected in set(have) and set(want) == {commit}:  # type: ignore[call-overload]
+                with local_store("Preparing the push"):
+                    objects = objects_since(store, commit, expected)
+                if objects is not None:
+                    log.debug("pushing the %d objects changed since the remote's tip", len(objects))
+                    hinted = [(oid, None) for oid in objects]
+                    return len(hinted), generate_unpacked_objects(
+                        store, hinted, ofs_delta=ofs_delta
+                    )
             return repo.generate_pack_data(set(have), set(want), ofs_delta=ofs_delta)  # type: ignore[call-overload]
 
         return self.remote().push(repo, self.ref, commit, expected, generate=generate)
+
+
+# Commits of ours between the remote's tip and what we push: one per author.
+_MAX_OWN_COMMITS = 64
+
+
+def objects_since(
+    store: BaseObjectStore, commit: ObjectID, base: ObjectID
+) -> list[ObjectID] | None:
+    """What the remote can lack when it holds ``base``: what each commit since changed.
+
+    The commits from ``commit`` back to ``base`` (a line of our own, one per
+    author), and in each one's tree what is not at the same path in its
+    parent's tree. Whatever the parent has, the remote has: ``base`` is its
+    tip, and the commits after it go in the same pack. dulwich's own object
+    walk lists every object of the remote's tip instead (100 ms at 5000
+    items); this reads the few trees that changed. None when the history is
+    not such a line: the caller walks, as before. Were anything missed, the
+    remote's receive-pack would refuse the push for a missing object; it
+    could not be stored broken.
+    """
+    found: dict[ObjectID, None] = {}
+    current = commit
+    try:
+        for _ in range(_MAX_OWN_COMMITS):
+            made = store[current]
+            if not isinstance(made, Commit) or len(made.parents) != 1:
+                return None
+            parent = store[made.parents[0]]
+            if not isinstance(parent, Commit):
+                return None
+            found[current] = None
+            _changed_objects(store, made.tree, parent.tree, found)
+            if made.parents[0] == base:
+                return list(found)
+            current = made.parents[0]
+    except KeyError:
+        return None  # an object this copy lacks (a shallow edge): walk as before
+    return None
+
+
+def _changed_objects(
+    store: BaseObjectStore, new: ObjectID, old: ObjectID | None, found: dict[ObjectID, None]
+) -> None:
+    """The objects under tree ``new`` that are not at the same path under tree ``old``."""
+    if new == old:
+        return
+    tree, before = store[new], store[old] if old is not None else None
+    if not isinstance(tree, Tree) or (before is not None and not isinstance(before, Tree)):
+        raise KeyError(new)  # not a tree where one should be: walk as before
+    found[new] = None
+    previous = {e.path: e for e in before.iteritems()} if before is not None else {}
+    for entry in tree.iteritems():
+        prior = previous.get(entry.path)
+        if prior is not None and prior.sha == entry.sha and prior.mode == entry.mode:
+            continue
+        if stat.S_ISDIR(entry.mode):
+            subtree = prior.sha if prior is not None and stat.S_ISDIR(prior.mode) else None
+            _changed_objects(store, entry.sha, subtree, found)
+        elif not S_ISGITLINK(entry.mode):  # a submodule's commit is not ours to send
+            found[entry.sha] = None
 
 
 def wanted(repo: Repo, refs: Mapping[Ref, ObjectID], names: list[Ref]) -> list[ObjectID]:
