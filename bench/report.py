@@ -331,6 +331,22 @@ def _targets(by_size: dict[int, SizeResult]) -> list[str]:
             v is not None and v >= 3,
             f"{_x(v)} wall, {_x(c)} CPU",
         )
+        v = _ratio(r1000.median("svc_one"), r1000.median("cli_one"))
+        c = _ratio(r1000.median("svc_one", "cpu"), r1000.median("cli_one", "cpu"))
+        check(
+            "one-item change ≤ 0.3x the bare CLI's pull of the same change at 1000 items",
+            v,
+            v is not None and v <= 0.3,
+            f"{_x(v)} wall, {_x(c)} CPU",
+        )
+        v = _ratio(r1000.median("svc_ten"), r1000.median("cli_ten"))
+        c = _ratio(r1000.median("svc_ten", "cpu"), r1000.median("cli_ten", "cpu"))
+        check(
+            "ten-item change ≤ 0.5x the bare CLI's pull of the same change at 1000 items",
+            v,
+            v is not None and v <= 0.5,
+            f"{_x(v)} wall, {_x(c)} CPU",
+        )
         v = r1000.median("svc_first")
         check(
             "first sync of 1000 items ≤ 10 s",
@@ -359,6 +375,21 @@ def _targets(by_size: dict[int, SizeResult]) -> list[str]:
         v = r5000.peak("svc_first", "service_kb")
         check(
             "service RSS under 150 MB during a 5000-item sync",
+            v,
+            v is not None and v < 150 * 1024,
+            _mb(v),
+        )
+        v = _ratio(r5000.median("svc_one"), r5000.median("cli_one"))
+        c = _ratio(r5000.median("svc_one", "cpu"), r5000.median("cli_one", "cpu"))
+        check(
+            "one-item change ≤ 0.15x the bare CLI's pull of the same change at 5000 items",
+            v,
+            v is not None and v <= 0.15,
+            f"{_x(v)} wall, {_x(c)} CPU",
+        )
+        v = r5000.peak("svc_one", "children_kb")
+        check(
+            "the service's children under 150 MB during a one-item change at 5000 items",
             v,
             v is not None and v < 150 * 1024,
             _mb(v),
