@@ -29,7 +29,6 @@ the global kinds' (``scratch.py``), and its results are moved back
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import re
 import zipfile
@@ -196,16 +195,6 @@ def classify(names: Iterable[str]) -> dict[str, Item]:
     return out
 
 
-def _item_digests(digests: Mapping[str, str], kinds: Mapping[str, Item]) -> dict[Item, str]:
-    grouped: dict[Item, list[tuple[str, str]]] = {}
-    for name, digest in digests.items():
-        grouped.setdefault(kinds[name], []).append((name, digest))
-    return {
-        item: hashlib.sha256(repr(sorted(parts)).encode()).hexdigest()
-        for item, parts in grouped.items()
-    }
-
-
 def plan(
     previous: Mapping[str, str],
     body: Body,
@@ -220,13 +209,16 @@ def plan(
     """
     old_kinds = classify(previous)
     new_kinds = classify(digests)
-    old_items = _item_digests(previous, old_kinds)
-    new_items = _item_digests(digests, new_kinds)
+    # An item changed when one of its entries did: added, removed, altered,
+    # or now counted to another item (what comparing each item's entries says).
     changed = {
         item
-        for item in old_items.keys() | new_items.keys()
-        if item[0] != _GLOBAL and old_items.get(item) != new_items.get(item)
+        for name in previous.keys() | digests.keys()
+        if previous.get(name) != digests.get(name) or old_kinds.get(name) != new_kinds.get(name)
+        for item in (old_kinds.get(name), new_kinds.get(name))
+        if item is not None and item[0] != _GLOBAL
     }
+    new_items = set(new_kinds.values())
     in_scope = _scope_filter(scope)
     changed = {item for item in changed if in_scope(item)}
     served = {item for item in changed if item in new_items}

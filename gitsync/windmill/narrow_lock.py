@@ -27,12 +27,21 @@ _NOT_A_NUMBER = re.compile(r"[a-df]")
 # these characters that is: every character has its own primary weight, in this
 # order, letters compared without case first; then, if all primary weights are
 # equal, lower case before upper case (tests/test_narrowed_lock.py checks it against node).
-_PRIMARY = {c: i for i, c in enumerate("_-./+0123456789abcdefghijklmnopqrstuvwxyz")}
+_PRIMARY = "_-./+0123456789abcdefghijklmnopqrstuvwxyz"
+# The same weights as characters, so the comparisons run in C: one character
+# per weight, in order, a letter's two cases alike; then upper case as "1".
+_WEIGHTS = str.maketrans(
+    {c: chr(0x21 + i) for i, c in enumerate(_PRIMARY)}
+    | {c.upper(): chr(0x21 + i) for i, c in enumerate(_PRIMARY) if c.isalpha()}
+)
+_CASES = str.maketrans(
+    {c: "0" for c in _PRIMARY} | {c.upper(): "1" for c in _PRIMARY if c.isalpha()}
+)
 
 
-def lock_order(key: str) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+def lock_order(key: str) -> tuple[str, str]:
     """Where the CLI puts ``key`` among wmill-lock.yaml's keys (for keys ``_LOCK_KEY`` accepts)."""
-    return tuple(_PRIMARY[c.lower()] for c in key), tuple(c.isupper() for c in key)
+    return key.translate(_WEIGHTS), key.translate(_CASES)
 
 
 def parse_lock(text: str) -> list[tuple[str, str]] | None:
@@ -47,7 +56,7 @@ def parse_lock(text: str) -> list[tuple[str, str]] | None:
     if not text.startswith(_LOCK_HEAD) or not text.endswith("\n") or text == _LOCK_HEAD:
         return None
     pairs: list[tuple[str, str]] = []
-    previous: tuple[tuple[int, ...], tuple[bool, ...]] | None = None
+    previous: tuple[str, str] | None = None
     for line in text[len(_LOCK_HEAD) : -1].split("\n"):
         key, sep, value = line[2:].partition(": ")
         if (
