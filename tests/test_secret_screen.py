@@ -11,14 +11,22 @@ parsing turns into a match, and end to end through the scanner.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gitsync.backup.service import SyncService
+from gitsync.config import Settings
+from gitsync.inputs.requests import parse_sync_request
+from gitsync.jobs.runner import SyncRunner
+from gitsync.jobs.store import JobStore
 from gitsync.secretscan.scan import HIGH_CONFIDENCE_DETECTORS, OUR_DETECTORS, SecretScanner
 from gitsync.secretscan.screen import REMEMBER_FROM_BYTES, Screen
+from tests.conftest import Target
 from tests.secret_samples import LOOKALIKES, rsa_pkcs1, true_secrets
+from tests.servers.windmill_emulator import WindmillEmulator
 
 
 def _lock_lines(n: int) -> list[str]:
@@ -137,3 +145,60 @@ def test_a_value_added_under_a_remembered_keyword_is_parsed(tmp_path: Path) -> N
     lock.write_text("\n".join([*with_keyword[: at + 1], value, *with_keyword[at + 1 :]]))
     assert _new_screen().may_hold_a_secret(str(lock)) is True  # only once parsed
     assert screen.may_hold_a_secret(str(lock)) is True
+
+
+def test_a_learned_file_answers_as_a_fresh_screen(tmp_path: Path) -> None:
+    """``learn`` remembers what a scan would: the next change is matched line by line, same answer."""
+    lock = tmp_path / "wmill-lock.yaml"
+    lock.write_text("\n".join(BASE))
+    screen = _new_screen()
+    screen.learn(str(lock))
+    assert screen.knows(str(lock))
+    token = next(s for s in true_secrets() if s.name == "github-classic").value
+    lock.write_text("\n".join([*BASE[:10], f"  token: {token}", *BASE[10:]]))
+    assert screen.may_hold_a_secret(str(lock)) is True
+    assert not screen.knows(str(lock))  # held: screened whole next time
+    small = tmp_path / "small.yaml"
+    small.write_text("a: b\n")
+    screen.learn(str(small))
+    screen.learn(str(tmp_path / "gone.yaml"))
+    assert not screen.knows(str(small)) and not screen.knows(str(tmp_path / "gone.yaml"))
+
+
+def test_after_answering_the_service_learns_the_lock_file(
+    target: Target, windmill: WindmillEmulator, ca_pem: Path, tmp_path: Path
+) -> None:
+    """The first change after a start scans only the lock file's new lines, once a sync has run.
+
+    Here the service starts on a backup already made, and the syncs leave
+    ``wmill-lock.yaml`` as it was: the commit's scan never reads it, so only
+    the runner's work after each answer can have the screen remember it.
+    """
+    target.workspace.seed_synthetic(200)
+    settings = Settings.from_mapping(
+        {
+            "DATA_DIR": str(tmp_path / "data"),
+            "WINDMILL_BASE_URL": windmill.base_url,
+            "GIT_SSL_CAINFO": str(ca_pem),
+        }
+    )
+    job = parse_sync_request(target.body()).to_job()
+    SyncService(settings).sync(job)
+    (lock,) = (tmp_path / "data").glob("targets/*/export/wmill-lock.yaml")
+    assert lock.stat().st_size >= REMEMBER_FROM_BYTES
+
+    restarted = SyncService(settings)
+    target.workspace.add_variable("f/screen/plain", value="not a secret")
+    assert restarted.sync(job).changed
+    assert not restarted.scanner.knows(str(lock))  # the sync itself did not read it
+
+    runner = SyncRunner(restarted, JobStore(tmp_path / "jobs.sqlite", 10), settings)
+    try:
+        assert runner.submit(job).run.future.result(timeout=120).changed is False
+        deadline = time.monotonic() + 30
+        while not runner.idle and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert runner.idle
+    finally:
+        runner.close()
+    assert restarted.scanner.knows(str(lock))

@@ -221,6 +221,9 @@ class SyncRunner:
                     # A webhook of up to 10 s: after the answer, never instead of it.
                     _guarded(outcome.notify, run, "sending its alert")
             finally:
+                if isinstance(run, Run):
+                    after = functools.partial(self.service.after_answer, run.job)
+                    _guarded(after, run, "work after its answer")
                 # dulwich's objects form reference cycles: without a collection
                 # after each job the process settles near twice its working
                 # size (docs: dulwich.md 7). After the answer, which a full

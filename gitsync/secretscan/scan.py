@@ -160,6 +160,15 @@ class SecretScanner:
         # Names what this scanner finds, for the skip check's record.
         self.name = "entropy" if entropy else "keyed"
 
+    def learn(self, path: str) -> None:
+        """Screen ``path`` now, so that the scan of its next version matches only its new lines."""
+        if self._screen is not None:
+            self._screen.learn(path)
+
+    def knows(self, path: str) -> bool:
+        """Whether the screen remembers ``path`` as clean (its next scan matches new lines only)."""
+        return self._screen is not None and self._screen.knows(path)
+
     def scan(
         self, files: Mapping[str, str], prefix: str = "", deadline: Deadline | None = None
     ) -> list[Finding]:

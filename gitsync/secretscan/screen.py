@@ -11,10 +11,16 @@ large file the screen remembers the lines it last found clean (their keyed
 hashes, per file on disk) and matches only the lines that are new since:
 the detectors match within a line, so a line that was clean is clean still,
 and the answer is the one matching the whole file would give.
+
+The first change after a start (or after a first sync that did not rewrite
+the lock file) would still match all of it, on the sync's own time: so
+after each sync's answer the service has the screen ``learn`` the lock file
+as it stands (backup/service.py).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from collections import OrderedDict
@@ -101,6 +107,25 @@ class Screen:
             return True
         self._remember(path, lines, len(raw), keyword, long_value)
         return False
+
+    def learn(self, path: str) -> None:
+        """Screen a large file as it stands, so that its next change is matched line by line.
+
+        Safe while the file is being rewritten: whatever is read, a line is
+        remembered only as the line it is, and a line's match is its own.
+        """
+        if self.knows(path):
+            return
+        try:
+            if os.path.getsize(path) >= REMEMBER_FROM_BYTES:
+                self.may_hold_a_secret(path)
+        except OSError:
+            pass  # gone, or not readable: the scan after the pull will say
+
+    def knows(self, path: str) -> bool:
+        """Whether ``path`` was last screened clean and is remembered."""
+        with self._lock:
+            return path in self._clean
 
     def _matches(self, text: str) -> bool:
         return any(pattern.search(text) for pattern in self._patterns)
