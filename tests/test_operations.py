@@ -299,8 +299,9 @@ def test_the_windmill_kit_loads_with_the_real_cli(
     assert workspace.paths("script") == ["f/git_sync/backup_to_git"]
     assert workspace.paths("resource_type") == ["c_windmill_git_sync"]
     assert workspace.paths("resource") == ["f/git_sync/backup_settings"]
-    schedule = workspace.get("schedule", "f/git_sync/nightly_backup").data
+    schedule = workspace.get("schedule", "f/git_sync/backup_schedule").data
     assert schedule["script_path"] == "f/git_sync/backup_to_git"
+    assert schedule["schedule"] == "0 */5 * * * *"  # docs/performance.md: what it costs a day
     assert schedule["enabled"] is False  # the user turns it on after editing the settings
     script = workspace.get("script", "f/git_sync/backup_to_git").data["content"]
     assert "throw new Error" in script and "/sync" in script
