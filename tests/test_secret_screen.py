@@ -11,6 +11,7 @@ parsing turns into a match, and end to end through the scanner.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -163,6 +164,27 @@ def test_a_learned_file_answers_as_a_fresh_screen(tmp_path: Path) -> None:
     screen.learn(str(small))
     screen.learn(str(tmp_path / "gone.yaml"))
     assert not screen.knows(str(small)) and not screen.knows(str(tmp_path / "gone.yaml"))
+
+
+def test_a_file_learned_not_clean_is_screened_again_only_once_changed(tmp_path: Path) -> None:
+    """After every answer, an unchanged lock file holding credentials is not screened whole again."""
+    lock = tmp_path / "wmill-lock.yaml"
+    token = next(s for s in true_secrets() if s.name == "github-classic").value
+    held = "\n".join([*BASE[:10], f"  token: {token}", *BASE[10:]])
+    lock.write_text(held)
+    screen = _new_screen()
+    screen.learn(str(lock))
+    assert not screen.knows(str(lock))
+    # Clean now, but the same size, time and inode: taken for the file already screened.
+    stat = lock.stat()
+    with open(lock, "r+") as handle:
+        handle.write(held.replace(token, "x" * len(token)))
+    os.utime(lock, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    screen.learn(str(lock))
+    assert not screen.knows(str(lock))
+    lock.write_text(held.replace(token, "x" * len(token)) + "\n")  # changed: learned
+    screen.learn(str(lock))
+    assert screen.knows(str(lock))
 
 
 def test_after_answering_the_service_learns_the_lock_file(

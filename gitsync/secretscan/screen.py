@@ -35,6 +35,8 @@ from detect_secrets.util.filetype import FileType, determine_file_type
 REMEMBER_FROM_BYTES = 16 * 1024
 # The remembered files' sizes, all told (their hashes take about half that).
 REMEMBER_AT_MOST_BYTES = 16 * 1024 * 1024
+# Files learn() found not clean, kept so as not to screen them again unchanged.
+_AT_MOST_NOT_CLEAN = 1024
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Screen:
             for flags, patterns in by_flags.items()
         ]
         self._clean: OrderedDict[str, _Clean] = OrderedDict()
+        self._not_clean: dict[str, tuple[int, int, int]] = {}  # learn(): (size, mtime, inode)
         self._lock = threading.Lock()
 
     def may_hold_a_secret(self, path: str) -> bool:
@@ -114,13 +117,28 @@ class Screen:
         Safe while the file is being rewritten: whatever is read, a line is
         remembered only as the line it is, and a line's match is its own.
         """
-        if self.knows(path):
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return  # gone, or not readable: nothing to learn
+        version = (stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        with self._lock:
+            # A file that was not clean is learned again only once it changed:
+            # a lock file naming a private index with its credentials would
+            # otherwise be screened whole after every answer.
+            if path in self._clean or self._not_clean.get(path) == version:
+                return
+        if stat.st_size < REMEMBER_FROM_BYTES:
             return
         try:
-            if os.path.getsize(path) >= REMEMBER_FROM_BYTES:
-                self.may_hold_a_secret(path)
+            clean = not self.may_hold_a_secret(path)
         except OSError:
-            pass  # gone, or not readable: the scan after the pull will say
+            return
+        if not clean:
+            with self._lock:
+                if len(self._not_clean) >= _AT_MOST_NOT_CLEAN:
+                    self._not_clean.clear()
+                self._not_clean[path] = version
 
     def knows(self, path: str) -> bool:
         """Whether ``path`` was last screened clean and is remembered."""
