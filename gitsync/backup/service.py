@@ -22,7 +22,7 @@ from pathlib import Path
 from gitsync.backup import guards
 from gitsync.backup.job import Progress, SyncJob, SyncResult
 from gitsync.backup.steps import TargetSync
-from gitsync.backup.tools import PID_FILE, Tools
+from gitsync.backup.tools import EXPORT_DIR, PID_FILE, Tools
 from gitsync.backup.workspaces import sync_every_workspace
 from gitsync.config import SecretScanPolicy, Settings
 from gitsync.deadline import Deadline
@@ -101,7 +101,7 @@ class SyncService:
         """
         if job.workspace == "*" or guards.secret_policy(self.settings, job) is SecretScanPolicy.OFF:
             return
-        export = self.settings.repos_dir / self.key_for(job) / "export"
+        export = self.settings.repos_dir / self.key_for(job) / EXPORT_DIR
         # The path as the sync's own walk spells it (mirror.snapshot_export).
         self.scanner.learn(os.path.join(export, "wmill-lock.yaml"))
 

@@ -29,7 +29,7 @@ from gitsync.backup.base import choose_base, drop_delivered
 from gitsync.backup.job import CommitInfo, Progress, SyncJob, SyncResult, strip_prefix
 from gitsync.backup.pulling import Pull
 from gitsync.backup.skip import Decision, PullGate
-from gitsync.backup.tools import Tools
+from gitsync.backup.tools import EXPORT_DIR, Tools
 from gitsync.config import SecretScanPolicy
 from gitsync.deadline import Deadline
 from gitsync.errors import CommandError, GitError
@@ -170,7 +170,7 @@ class TargetSync:
         gate = PullGate(
             self.tools.settings,
             self.root,
-            self.root / "export",
+            self.root / EXPORT_DIR,
             job.scope.wmill_yaml(),
             job.path_prefix,
             scan=f"{policy}:{self.tools.scanner.name}",
@@ -198,7 +198,7 @@ class TargetSync:
         job = self.job
         with self._tips(first_tip) as tips:
             # The export is read while the remote is asked for its tip.
-            self.export = mirror.snapshot_export(self.root / "export")
+            self.export = mirror.snapshot_export(self.root / EXPORT_DIR)
             export = self.export.files
             readme_text = readme.render(
                 job.workspace,

@@ -21,6 +21,9 @@ T = TypeVar("T")
 # Records the running wmill child's process group, for ending it after a crash
 # (Git runs in-process: there is no other child).
 PID_FILE = "child.pid"
+# The CLI's export, in the target's directory: what is staged, and the files
+# the secret screen remembers by their path (service.after_answer).
+EXPORT_DIR = "export"
 
 
 @dataclass(frozen=True)
